@@ -1,0 +1,155 @@
+"""Command line: `run` (the operator), `token` (one exchange, for debugging a client) and
+`login` (authorization code + PKCE, to obtain the refresh token a refresh_token client
+needs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import Settings
+from .logs import configure_logging
+from .oauth import EndpointPolicy
+from .spec import SpecError, parse_duration
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(f"OAUTH_TOKEN_OPERATOR_{name}", default)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value, "duration")
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-http",
+        action="store_true",
+        default=_env("ALLOW_HTTP").lower() in ("1", "true", "yes"),
+        help="allow plain-http token endpoints (tests, in-cluster providers)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        type=_csv,
+        default=_csv(_env("ALLOWED_HOSTS")),
+        help="comma-separated hosts that token endpoints may use (default: any)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oauth-token-operator", description=__doc__)
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--log-format", default=_env("LOG_FORMAT", "plain"), choices=["plain", "json"]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        default=None,
+        help="watch this namespace (repeatable; default: all)",
+    )
+    _add_endpoint_options(run)
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("CONCURRENCY", "16")),
+        help="exchanges and writes in flight at once",
+    )
+    run.add_argument(
+        "--propagation-margin",
+        type=_duration,
+        default=_duration(_env("PROPAGATION_MARGIN", "90s")),
+        help="renew at least this long before expiry (kubelet Secret sync)",
+    )
+    run.add_argument(
+        "--peering",
+        default=_env("PEERING") or None,
+        help="kopf peering name for several replicas (default: standalone)",
+    )
+    run.add_argument(
+        "--health-port",
+        type=int,
+        default=int(_env("HEALTH_PORT", "8080")),
+        help="port for GET /healthz (0: off)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "9090")),
+        help="port for GET /metrics (0: off)",
+    )
+
+    from . import tokencmd
+
+    tokencmd.add_parser(commands, _add_endpoint_options)
+    from . import login
+
+    login.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    if args.command == "run":
+        return run_operator(args)
+    result: int = asyncio.run(args.handler(args))
+    return result
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from .handlers import registry_for
+    from .metrics import serve_metrics
+
+    namespaces = tuple(args.namespaces or _csv(_env("NAMESPACES")))
+    settings = Settings(
+        namespaces=namespaces,
+        endpoint_policy=EndpointPolicy(args.allow_http, frozenset(args.allowed_hosts)),
+        concurrency=args.concurrency,
+        propagation_margin=args.propagation_margin,
+    )
+    if args.metrics_port:
+        serve_metrics(args.metrics_port)
+    logging.getLogger(__name__).info(
+        "starting: namespaces=%s allow_http=%s allowed_hosts=%s concurrency=%d",
+        list(namespaces) or "all",
+        args.allow_http,
+        args.allowed_hosts or "any",
+        args.concurrency,
+    )
+    kopf.run(
+        registry=registry_for(settings),
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=(
+            f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+        ),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""kopf registrations, and nothing else: each handler turns an event into one call on the
+Refresher. All logic lives in refresh.py; the Refresher lives in kopf's memo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from .config import Settings
+from .kube import Kube
+from .oauth import TokenClient
+from .refresh import Refresher
+from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
+
+log = logging.getLogger(__name__)
+
+
+def registry_for(settings: Settings) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers, bound to these settings."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings)
+        kube = await Kube.connect()
+        memo.refresher = Refresher(
+            kube, TokenClient(operator_settings.endpoint_policy), operator_settings
+        )
+        memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        memo.scheduler.cancel()
+        await asyncio.gather(memo.scheduler, return_exceptions=True)
+        await memo.refresher.tokens.aclose()
+        await memo.refresher.kube.close()
+
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    async def oauthclient_event(
+        event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if event["type"] == "DELETED":
+            memo.refresher.forget(ObjectKey(namespace or "", name))
+        else:
+            await memo.refresher.observe(event["object"])
+
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    def secret_event(
+        event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        deleted = event["type"] == "DELETED"
+        memo.refresher.secret_changed(
+            namespace or "", name, None if deleted else dict(event["object"])
+        )
+
+    operator_settings = settings
+    return registry
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    # Only event handlers are registered: kopf keeps no per-object progress or diff-base
+    # annotations and adds no finalizers, so it never writes to users' objects.
+    settings.scanning.disabled = True  # no CRD/namespace watching: less RBAC, less memory
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60

@@ -1,0 +1,209 @@
+"""Kubernetes I/O: Secret reads and writes, status patches and Events, over one shared
+async API client. Objects travel as plain dicts (as kopf hands them over), which keeps
+10,000 Secrets cheap to read and the rest of the code free of client model classes."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import logging
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+from .spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
+
+log = logging.getLogger(__name__)
+
+
+class KubeError(Exception):
+    """An API call failed. Carries the status code and the API's short reason, never a body
+    that might echo Secret data."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+
+def decode_data(secret: dict[str, Any] | None) -> dict[str, str]:
+    """A Secret's data as text; keys whose values are not UTF-8 are left out."""
+    out: dict[str, str] = {}
+    for key, value in ((secret or {}).get("data") or {}).items():
+        try:
+            out[key] = base64.b64decode(value).decode()
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def encode_data(data: dict[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+def now_rfc3339() -> str:
+    return rfc3339(datetime.datetime.now(datetime.UTC).timestamp())
+
+
+def rfc3339(epoch: float) -> str:
+    moment = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+async def _json(call: Any) -> Any:
+    """Awaits a client call made with _preload_content=False and returns its JSON body,
+    raising KubeError for any non-2xx answer."""
+    response = await call
+    try:
+        body = await response.read()
+        if not 200 <= response.status < 300:
+            reason = response.reason or ""
+            with contextlib.suppress(ValueError, AttributeError):
+                reason = json.loads(body).get("message", reason)
+            raise KubeError(response.status, str(reason)[:300])
+        return json.loads(body) if body else None
+    finally:
+        response.release()
+
+
+class Kube:
+    """The operator's Kubernetes API calls. One instance, one connection pool."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        # Typed as Any: bodies go in and out as dicts with _preload_content=False, which the
+        # client's model-class signatures do not describe.
+        self._core: Any = client.CoreV1Api(api)
+        self._custom: Any = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None) -> Kube:
+        """In-cluster service account when present, else the kubeconfig (KUBECONFIG)."""
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        return cls(client.ApiClient(configuration))
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            secret: dict[str, Any] = await _json(
+                self._core.read_namespaced_secret(name, namespace, _preload_content=False)
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return secret
+
+    async def get_object(
+        self, group: str, version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await _json(
+                self._custom.get_namespaced_custom_object(
+                    group, version, namespace, plural, name, _preload_content=False
+                )
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return body
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await _json(
+            self._core.create_namespaced_secret(namespace, body, _preload_content=False)
+        )
+        return created
+
+    async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Replaces with the body's resourceVersion as precondition (409 when stale)."""
+        name = body["metadata"]["name"]
+        replaced: dict[str, Any] = await _json(
+            self._core.replace_namespaced_secret(name, namespace, body, _preload_content=False)
+        )
+        return replaced
+
+    async def upsert_secret_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        """Creates the Secret or merges these (base64) data keys into it."""
+        body = {"metadata": {"name": name, "namespace": namespace}, "data": data}
+        try:
+            await self.create_secret(namespace, body)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            await _json(
+                self._core.patch_namespaced_secret(
+                    name, namespace, {"data": data}, _preload_content=False
+                )
+            )
+
+    async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+        await _json(
+            self._custom.patch_namespaced_custom_object_status(
+                API_GROUP,
+                API_VERSION,
+                key.namespace,
+                PLURAL,
+                key.name,
+                {"status": status},
+                _preload_content=False,
+                _content_type="application/merge-patch+json",
+            )
+        )
+
+    async def post_event(
+        self, key: ObjectKey, uid: str, type_: str, reason: str, message: str
+    ) -> None:
+        """Records a core/v1 Event on the OAuthClient; a failure is logged, not raised:
+        Events are a courtesy and must not stop a refresh."""
+        now = now_rfc3339()
+        body = {
+            "metadata": {"generateName": f"{key.name}.", "namespace": key.namespace},
+            "involvedObject": {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": key.name,
+                "namespace": key.namespace,
+                "uid": uid,
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "oauth-token-operator"},
+            "reportingComponent": "oauth-token-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await _json(
+                self._core.create_namespaced_event(key.namespace, body, _preload_content=False)
+            )
+        except KubeError as exc:
+            log.warning("could not record event %s on %s: %s", reason, key, exc)

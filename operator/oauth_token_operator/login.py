@@ -1,0 +1,242 @@
+"""`login`: the one browser step a refresh_token client needs. Runs the authorization-code
+flow with PKCE (RFC 7636, S256) on a loopback redirect (RFC 8252), passes extra authorize
+parameters through (for example sub_type=user), and stores the refresh token, with the
+client ID (and secret, if given), in the Secret the OAuthClient reads."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import secrets
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+
+from .kube import Kube, encode_data
+from .oauth import (
+    Credentials,
+    EndpointPolicy,
+    OAuthError,
+    Outcome,
+    check_endpoint,
+    client_authentication,
+    map_error_response,
+    parse_token_response,
+)
+from .spec import ClientAuth
+
+CALLBACK_TIMEOUT = 600.0
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "login", help="obtain a refresh token in a browser and store it in a Secret"
+    )
+    parser.add_argument("--issuer", required=True, help="issuer URL (OpenID discovery)")
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument(
+        "--client-secret-file",
+        default=None,
+        help="file holding the client secret (omit for a public client)",
+    )
+    parser.add_argument(
+        "--client-authentication",
+        default=None,
+        choices=["client_secret_basic", "client_secret_post", "none"],
+        help="default: client_secret_post with a secret, none without",
+    )
+    parser.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="scope to request (repeatable), for example offline_access",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra authorize parameter (repeatable), for example sub_type=user",
+    )
+    parser.add_argument("--port", type=int, default=0, help="loopback port (default: any free)")
+    parser.add_argument(
+        "--no-browser", action="store_true", help="print the URL instead of opening a browser"
+    )
+    parser.add_argument("--ca-file", default=None, help="PEM CA bundle for the provider")
+    parser.add_argument("--allow-http", action="store_true")
+    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("--secret", required=True, help="credentials Secret to create or update")
+    parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--client-id-key", default="client_id")
+    parser.add_argument("--client-secret-key", default="client_secret")
+    parser.add_argument("--refresh-token-key", default="refresh_token")
+    parser.set_defaults(handler=run)
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(64)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def authorize_url(
+    endpoint: str,
+    client_id: str,
+    redirect_uri: str,
+    scopes: list[str],
+    state: str,
+    challenge: str,
+    extra: dict[str, str],
+) -> str:
+    params = {
+        **extra,
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    if scopes:
+        params["scope"] = " ".join(scopes)
+    if "offline_access" in scopes:
+        params.setdefault("prompt", "consent")  # OpenID Connect requires it for offline_access
+    separator = "&" if urlsplit(endpoint).query else "?"
+    return endpoint + separator + urlencode(params)
+
+
+class _Callback:
+    """A one-shot loopback HTTP server that receives the authorization response."""
+
+    def __init__(self) -> None:
+        self.result: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = (await reader.readline()).decode("latin-1")
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass  # headers are not needed
+            target = request_line.split(" ")[1] if " " in request_line else "/"
+            query = {k: v[0] for k, v in parse_qs(urlsplit(target).query).items()}
+            if urlsplit(target).path != "/callback" or not ("code" in query or "error" in query):
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                return
+            text = b"Login complete. You can close this window.\n"
+            if "error" in query:
+                text = b"Login failed; see the terminal.\n"
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+            )
+            if not self.result.done():
+                self.result.set_result(query)
+        finally:
+            await writer.drain()
+            writer.close()
+
+
+async def _discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
+    url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    response = await http.get(url)
+    response.raise_for_status()
+    document: dict[str, Any] = response.json()
+    if str(document.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
+        raise OAuthError(Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"{url} names another issuer")
+    return document
+
+
+async def run(args: argparse.Namespace) -> int:
+    client_secret = None
+    if args.client_secret_file:
+        client_secret = Path(args.client_secret_file).read_text().strip()  # noqa: ASYNC240
+    auth = ClientAuth(
+        args.client_authentication or (ClientAuth.POST if client_secret else ClientAuth.NONE)
+    )
+    extra = dict(p.split("=", 1) for p in args.param if "=" in p)
+    policy = EndpointPolicy(allow_http=args.allow_http)
+    verify: Any = True
+    if args.ca_file:
+        import ssl
+
+        verify = ssl.create_default_context(cafile=args.ca_file)
+    try:
+        await check_endpoint(args.issuer, policy)
+        async with httpx.AsyncClient(verify=verify, timeout=30.0) as http:
+            document = await _discover(http, args.issuer)
+            token_endpoint = document["token_endpoint"]
+            await check_endpoint(token_endpoint, policy)
+            code, redirect_uri, verifier = await _authorize(args, document, extra)
+            creds = Credentials(args.client_id, client_secret)
+            form, headers = client_authentication(auth, creds, token_endpoint, 0.0)
+            form.update(
+                grant_type="authorization_code",
+                code=code,
+                redirect_uri=redirect_uri,
+                code_verifier=verifier,
+            )
+            response = await http.post(token_endpoint, data=form, headers=headers)
+            if response.status_code != 200:
+                raise map_error_response(response.status_code, response.content, None)
+            token = parse_token_response(response.content, 0.0, 3600.0)
+    except OAuthError as exc:
+        print(f"error: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
+    if not token.refresh_token:
+        print(
+            "error: the provider returned no refresh token (did you request offline_access?)",
+            file=sys.stderr,
+        )
+        return 1
+    data = {args.client_id_key: creds.client_id, args.refresh_token_key: token.refresh_token}
+    if client_secret:
+        data[args.client_secret_key] = client_secret
+    kube = await Kube.connect(args.kubeconfig)
+    try:
+        await kube.upsert_secret_data(args.namespace, args.secret, encode_data(data))
+    finally:
+        await kube.close()
+    print(
+        f"stored a refresh token for client {args.client_id} in Secret "
+        f"{args.namespace}/{args.secret}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _authorize(
+    args: argparse.Namespace, document: dict[str, Any], extra: dict[str, str]
+) -> tuple[str, str, str]:
+    callback = _Callback()
+    server = await asyncio.start_server(callback.handle, "127.0.0.1", args.port)
+    port = server.sockets[0].getsockname()[1]
+    redirect_uri = f"http://127.0.0.1:{port}/callback"
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(24)
+    url = authorize_url(
+        document["authorization_endpoint"],
+        args.client_id,
+        redirect_uri,
+        args.scope,
+        state,
+        challenge,
+        extra,
+    )
+    print(f"Open this URL to log in:\n{url}", file=sys.stderr, flush=True)
+    if not args.no_browser:
+        webbrowser.open(url)
+    try:
+        async with server:
+            query = await asyncio.wait_for(callback.result, CALLBACK_TIMEOUT)
+    except TimeoutError:
+        raise OAuthError(Outcome.NEEDS_HUMAN, "LoginTimedOut", "no browser callback") from None
+    if query.get("state") != state:
+        raise OAuthError(Outcome.NEEDS_HUMAN, "LoginFailed", "the callback's state differs")
+    if "error" in query:
+        raise OAuthError(Outcome.NEEDS_HUMAN, "LoginFailed", f"provider said {query['error']}")
+    return query["code"], redirect_uri, verifier

@@ -1,0 +1,488 @@
+"""The token client: discovery, grants, client authentication, and error mapping into a
+small set of outcomes. Knows nothing of Kubernetes.
+
+No secret value ever reaches a log line, an exception message or a repr: credentials and
+tokens are excluded from dataclass reprs, and errors carry only the provider's error code
+and a truncated description."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import hashlib
+import ipaddress
+import json
+import math
+import ssl
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .spec import ClientAuth, GrantType, TokenRequest
+
+MAX_RESPONSE_BYTES = 256 * 1024
+DISCOVERY_TTL = 3600.0
+REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
+_METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+
+
+class Outcome(StrEnum):
+    """What the operator should do about a failed exchange."""
+
+    TRANSIENT = "transient"  # retry with backoff; the last good token stays in place
+    NEEDS_HUMAN = "needs_human"  # retry slowly; a change to spec or credentials retries at once
+
+
+class OAuthError(Exception):
+    """A failed exchange. `reason` is a CamelCase word for status conditions and Events."""
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        reason: str,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Credentials:
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Token:
+    access_token: str = field(repr=False)
+    token_type: str
+    issued_at: float
+    expires_at: float
+    scope: str | None = None
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """Operator-wide rules for which token endpoints may be called."""
+
+    allow_http: bool = False
+    allowed_hosts: frozenset[str] = frozenset()  # empty: any host
+
+
+# OAuth `error` values (RFC 6749 5.2, RFC 8707) and what they mean for us.
+_ERRORS: dict[str, tuple[Outcome, str]] = {
+    "invalid_client": (Outcome.NEEDS_HUMAN, "InvalidClient"),
+    "invalid_grant": (Outcome.NEEDS_HUMAN, "InvalidGrant"),
+    "unauthorized_client": (Outcome.NEEDS_HUMAN, "UnauthorizedClient"),
+    "unsupported_grant_type": (Outcome.NEEDS_HUMAN, "UnsupportedGrantType"),
+    "invalid_scope": (Outcome.NEEDS_HUMAN, "InvalidScope"),
+    "invalid_target": (Outcome.NEEDS_HUMAN, "InvalidTarget"),
+    "invalid_request": (Outcome.NEEDS_HUMAN, "InvalidRequest"),
+    "temporarily_unavailable": (Outcome.TRANSIENT, "ProviderUnavailable"),
+    "server_error": (Outcome.TRANSIENT, "ProviderUnavailable"),
+    "slow_down": (Outcome.TRANSIENT, "RateLimited"),
+}
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    cleaned = "".join(c if c.isprintable() else " " for c in text)
+    return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+def map_error_response(status: int, body: bytes, retry_after: float | None) -> OAuthError:
+    """Turns a non-2xx token endpoint answer into an OAuthError."""
+    code, description = None, None
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            code = payload["error"]
+            if isinstance(payload.get("error_description"), str):
+                description = payload["error_description"]
+    except ValueError:
+        pass
+    detail = f" ({_printable(description)})" if description else ""
+    if status == 429:
+        return OAuthError(
+            Outcome.TRANSIENT,
+            "RateLimited",
+            f"token endpoint answered 429 Too Many Requests{detail}",
+            retry_after,
+        )
+    if status >= 500:
+        return OAuthError(
+            Outcome.TRANSIENT,
+            "ProviderUnavailable",
+            f"token endpoint answered HTTP {status}{detail}",
+            retry_after,
+        )
+    if code is None:
+        return OAuthError(
+            Outcome.NEEDS_HUMAN,
+            "ProviderRejected",
+            f"token endpoint answered HTTP {status} without an OAuth error",
+            retry_after,
+        )
+    outcome, reason = _ERRORS.get(code, (Outcome.NEEDS_HUMAN, "ProviderRejected"))
+    return OAuthError(
+        outcome,
+        reason,
+        f"token endpoint answered {_printable(code, 64)}{detail} (HTTP {status})",
+        retry_after,
+    )
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT, read without verifying: the operator is not the token's
+    audience, it only needs to know when to refresh (and `token` shows them for debugging)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The exp claim of a JWT access token, if it is one."""
+    exp = (jwt_claims(token) or {}).get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp):
+        return float(exp)
+    return None
+
+
+def parse_token_response(body: bytes, issued_at: float, default_lifetime: float) -> Token:
+    """Validates a successful token response (RFC 6749 5.1) and works out its expiry:
+    expires_in, else the JWT exp claim, else the configured default lifetime."""
+
+    def malformed(why: str) -> OAuthError:
+        return OAuthError(Outcome.TRANSIENT, "MalformedResponse", f"token response {why}")
+
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise malformed("is not JSON") from None
+    if not isinstance(payload, dict):
+        raise malformed("is not a JSON object")
+    access_token = payload.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise malformed("has no access_token")
+    token_type = payload.get("token_type", "Bearer")
+    if not isinstance(token_type, str):
+        raise malformed("has a non-string token_type")
+    for name in ("refresh_token", "id_token", "scope"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            raise malformed(f"has a non-string {name}")
+
+    expires_in = payload.get("expires_in")
+    if isinstance(expires_in, str) and expires_in.isdigit():  # some providers send a string
+        expires_in = int(expires_in)
+    if expires_in is not None and (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+    ):
+        raise malformed("has an invalid expires_in")
+    if expires_in is not None:
+        expires_at = issued_at + float(expires_in)
+    else:
+        expires_at = jwt_expiry(access_token) or issued_at + default_lifetime
+    return Token(
+        access_token=access_token,
+        token_type=token_type,
+        issued_at=issued_at,
+        expires_at=expires_at,
+        scope=payload.get("scope"),
+        refresh_token=payload.get("refresh_token") or None,
+        id_token=payload.get("id_token") or None,
+    )
+
+
+def build_form(
+    request: TokenRequest, creds: Credentials, token_endpoint: str, now: float
+) -> tuple[dict[str, str | list[str]], dict[str, str]]:
+    """The form fields and headers of a token request."""
+    form: dict[str, str | list[str]] = dict(request.extra_params)
+    form["grant_type"] = request.grant_type.value
+    if request.grant_type is GrantType.REFRESH_TOKEN:
+        if not creds.refresh_token:
+            raise OAuthError(Outcome.NEEDS_HUMAN, "CredentialsInvalid", "no refresh token")
+        form["refresh_token"] = creds.refresh_token
+    if request.scopes:
+        form["scope"] = " ".join(request.scopes)
+    if request.audience:
+        form["audience"] = request.audience
+    if request.resources:
+        form["resource"] = list(request.resources)
+    auth_form, headers = client_authentication(request.client_auth, creds, token_endpoint, now)
+    form.update(auth_form)
+    return form, headers
+
+
+def client_authentication(
+    auth: ClientAuth, creds: Credentials, token_endpoint: str, now: float
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The form fields and headers that authenticate the client (RFC 6749 2.3, RFC 7523)."""
+    headers = {"Accept": "application/json"}
+    if auth in (ClientAuth.BASIC, ClientAuth.POST) and not creds.client_secret:
+        raise OAuthError(Outcome.NEEDS_HUMAN, "CredentialsInvalid", "no client secret")
+    if auth is ClientAuth.BASIC:
+        # RFC 6749 2.3.1: id and secret are form-urlencoded before Basic encoding.
+        assert creds.client_secret is not None
+        pair = f"{quote(creds.client_id, safe='')}:{quote(creds.client_secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        return {}, headers
+    form = {"client_id": creds.client_id}
+    if auth is ClientAuth.POST:
+        assert creds.client_secret is not None
+        form["client_secret"] = creds.client_secret
+    elif auth is ClientAuth.PRIVATE_KEY_JWT:
+        form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        form["client_assertion"] = client_assertion(creds, token_endpoint, now)
+    return form, headers
+
+
+def client_assertion(creds: Credentials, audience: str, now: float) -> str:
+    """An RFC 7523 client assertion signed with the client's private key."""
+    if not creds.private_key:
+        raise OAuthError(Outcome.NEEDS_HUMAN, "CredentialsInvalid", "no private key")
+    try:
+        key = serialization.load_pem_private_key(creds.private_key.encode(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if isinstance(key, rsa.RSAPrivateKey):
+        algorithm = "RS256"
+    elif isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        algorithm = "ES256"
+    else:
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            "CredentialsInvalid",
+            "private key is not an unencrypted PEM RSA or EC P-256 key",
+        )
+    claims = {
+        "iss": creds.client_id,
+        "sub": creds.client_id,
+        "aud": audience,
+        "jti": str(uuid.uuid4()),
+        "iat": int(now),
+        "exp": int(now) + 120,
+    }
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+async def check_endpoint(url: str, policy: EndpointPolicy) -> None:
+    """Refuses endpoints the operator's configuration does not allow, and link-local and
+    cloud metadata addresses always (a token request carries credentials)."""
+
+    def refuse(why: str) -> OAuthError:
+        return OAuthError(Outcome.NEEDS_HUMAN, "EndpointNotAllowed", f"{url}: {why}")
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http"):
+        raise refuse("only https URLs are allowed")
+    if parts.scheme == "http" and not policy.allow_http:
+        raise refuse("plain http is not allowed (the operator runs without --allow-http)")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise refuse("the URL has no host")
+    if parts.username or parts.password:
+        raise refuse("credentials in the URL are not allowed")
+    if policy.allowed_hosts and host not in policy.allowed_hosts:
+        raise refuse("the host is not in the operator's allowed hosts")
+    if host in _METADATA_HOSTS:
+        raise refuse("cloud metadata endpoints are refused")
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443)
+        except OSError:
+            raise OAuthError(
+                Outcome.TRANSIENT, "ProviderUnreachable", f"{url}: cannot resolve {host}"
+            ) from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for address in addresses:
+        if address.is_link_local or address in _METADATA_ADDRESSES:
+            raise refuse(f"{address} is a link-local or metadata address")
+
+
+async def _read_limited(response: httpx.Response) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise OAuthError(
+                Outcome.TRANSIENT,
+                "MalformedResponse",
+                f"response from {response.url} exceeds {MAX_RESPONSE_BYTES} bytes",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class TokenClient:
+    """Performs exchanges. One instance serves all OAuthClients: it pools connections per
+    trust store and caches discovery documents."""
+
+    def __init__(self, policy: EndpointPolicy, clock: Any = time.time) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._discovery: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def _http(self, ca_pem: str | None) -> httpx.AsyncClient:
+        key = hashlib.sha256(ca_pem.encode()).hexdigest() if ca_pem else ""
+        client = self._clients.get(key)
+        if client is None:
+            verify: ssl.SSLContext | bool = True
+            if ca_pem:
+                try:
+                    verify = ssl.create_default_context(cadata=ca_pem)
+                except (ssl.SSLError, ValueError):
+                    raise OAuthError(
+                        Outcome.NEEDS_HUMAN,
+                        "InvalidCABundle",
+                        "the CA bundle is not valid PEM certificates",
+                    ) from None
+            client = httpx.AsyncClient(
+                verify=verify,
+                timeout=REQUEST_TIMEOUT,
+                follow_redirects=False,
+                headers={"User-Agent": "oauth-token-operator"},
+            )
+            self._clients[key] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+    async def _send(
+        self, http: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+    ) -> tuple[int, bytes, httpx.Headers]:
+        await check_endpoint(url, self.policy)
+        try:
+            async with http.stream(method, url, **kwargs) as response:
+                return response.status_code, await _read_limited(response), response.headers
+        except httpx.TimeoutException:
+            raise OAuthError(
+                Outcome.TRANSIENT, "ProviderUnreachable", f"{url}: timed out"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise OAuthError(
+                Outcome.TRANSIENT,
+                "ProviderUnreachable",
+                f"{url}: {type(exc).__name__}: {_printable(str(exc))}",
+            ) from None
+
+    async def token_endpoint(self, request: TokenRequest, ca_pem: str | None = None) -> str:
+        """The configured token endpoint, or the one discovered from the issuer (cached)."""
+        endpoint = request.endpoint
+        if endpoint.token_endpoint:
+            return endpoint.token_endpoint
+        assert endpoint.issuer is not None
+        cache_key = (endpoint.issuer, ca_pem or "")
+        cached = self._discovery.get(cache_key)
+        if cached and cached[0] > self._clock():
+            return cached[1]
+        url = await self._discover(endpoint.issuer, ca_pem)
+        self._discovery[cache_key] = (self._clock() + DISCOVERY_TTL, url)
+        return url
+
+    async def _discover(self, issuer: str, ca_pem: str | None) -> str:
+        http = self._http(ca_pem)
+        base = issuer.rstrip("/")
+        parts = urlsplit(base)
+        candidates = [
+            f"{base}/.well-known/openid-configuration",
+            # RFC 8414 inserts the well-known segment before the issuer's path.
+            f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{parts.path}",
+        ]
+        for url in candidates:
+            status, body, _ = await self._send(http, "GET", url)
+            if status == 404:
+                continue
+            if status != 200:
+                raise OAuthError(
+                    Outcome.TRANSIENT, "DiscoveryFailed", f"{url} answered HTTP {status}"
+                )
+            try:
+                document = json.loads(body)
+            except ValueError:
+                document = None
+            if not isinstance(document, dict):
+                raise OAuthError(Outcome.TRANSIENT, "DiscoveryFailed", f"{url} is not JSON")
+            if str(document.get("issuer", "")).rstrip("/") != base:
+                raise OAuthError(
+                    Outcome.NEEDS_HUMAN,
+                    "DiscoveryFailed",
+                    f"{url} names issuer {_printable(str(document.get('issuer')), 100)!r}, "
+                    f"not {issuer!r}",
+                )
+            token_endpoint = document.get("token_endpoint")
+            if not isinstance(token_endpoint, str) or not token_endpoint:
+                raise OAuthError(
+                    Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"{url} has no token_endpoint"
+                )
+            return token_endpoint
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"no discovery document under {issuer}"
+        )
+
+    async def exchange(
+        self,
+        request: TokenRequest,
+        creds: Credentials,
+        default_lifetime: float,
+        ca_pem: str | None = None,
+    ) -> Token:
+        """One exchange at the token endpoint; raises OAuthError on any failure."""
+        url = await self.token_endpoint(request, ca_pem)
+        now = self._clock()
+        form, headers = build_form(request, creds, url, now)
+        status, body, response_headers = await self._send(
+            self._http(ca_pem), "POST", url, data=form, headers=headers
+        )
+        if status != 200:
+            retry_after = parse_retry_after(response_headers.get("Retry-After"), self._clock())
+            raise map_error_response(status, body, retry_after)
+        return parse_token_response(body, now, default_lifetime)

@@ -1,0 +1,142 @@
+"""Pure functions over Secret bodies: reading credentials, recognising the Secrets the
+operator owns, reading back the token times they record, and building the output Secret."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from .kube import decode_data, encode_data, parse_rfc3339, rfc3339
+from .oauth import Credentials, OAuthError, Outcome, Token
+from .spec import (
+    API_GROUP,
+    API_VERSION,
+    EXPIRES_AT_ANNOTATION,
+    ISSUED_AT_ANNOTATION,
+    KIND,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    OWNER_LABEL,
+    SPEC_HASH_ANNOTATION,
+    ClientAuth,
+    GrantType,
+    OAuthClientSpec,
+)
+
+
+def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentials:
+    """The credentials the spec asks for, or a CredentialsInvalid error naming the missing key
+    (never its value)."""
+    data = decode_data(secret)
+    keys = spec.credentials
+    request = spec.request
+
+    def need(key: str, why: str) -> str:
+        value = data.get(key, "").strip()
+        if not value:
+            raise OAuthError(
+                Outcome.NEEDS_HUMAN,
+                "CredentialsInvalid",
+                f"Secret {keys.secret_name} has no key {key!r} ({why})",
+            )
+        return value
+
+    client_id = need(keys.client_id, "the client ID")
+    secret_value = refresh_token = private_key = None
+    if request.client_auth in (ClientAuth.BASIC, ClientAuth.POST):
+        secret_value = need(keys.client_secret, f"needed by {request.client_auth.value}")
+    elif request.client_auth is ClientAuth.PRIVATE_KEY_JWT:
+        private_key = need(keys.private_key, "needed by private_key_jwt")
+    if request.grant_type is GrantType.REFRESH_TOKEN:
+        refresh_token = need(keys.refresh_token, "needed by the refresh_token grant")
+    return Credentials(client_id, secret_value, refresh_token, private_key)
+
+
+def fingerprint(creds: Credentials) -> str:
+    """Identifies a set of credentials without keeping or showing them."""
+    material = "\0".join(
+        v or ""
+        for v in (creds.client_id, creds.client_secret, creds.refresh_token, creds.private_key)
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def owned_by(secret: dict[str, Any], uid: str) -> bool:
+    """True when the Secret names this OAuthClient (by uid) as its controller."""
+    refs = (secret.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
+
+
+@dataclass(frozen=True)
+class RecordedToken:
+    issued_at: float
+    expires_at: float
+    spec_hash: str
+
+
+def recorded_token(secret: dict[str, Any], access_token_key: str) -> RecordedToken | None:
+    """The token times an output Secret records, if it still holds a token."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    issued = parse_rfc3339(annotations.get(ISSUED_AT_ANNOTATION))
+    expires = parse_rfc3339(annotations.get(EXPIRES_AT_ANNOTATION))
+    if issued is None or expires is None or not (secret.get("data") or {}).get(access_token_key):
+        return None
+    return RecordedToken(issued, expires, annotations.get(SPEC_HASH_ANNOTATION, ""))
+
+
+def output_secret(
+    spec: OAuthClientSpec, token: Token, existing: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The full output Secret for a fresh token; carries the existing resourceVersion so
+    that a replace fails instead of overwriting a concurrent change."""
+    out = spec.output
+    data = {out.access_token_key: token.access_token}
+    if out.token_type_key:
+        data[out.token_type_key] = token.token_type
+    if out.expires_at_key:
+        data[out.expires_at_key] = rfc3339(token.expires_at)
+    if out.id_token_key and token.id_token:
+        data[out.id_token_key] = token.id_token
+    metadata: dict[str, Any] = {
+        "name": out.name,
+        "namespace": spec.key.namespace,
+        "labels": {
+            **dict(out.labels),
+            MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+            OWNER_LABEL: spec.key.name,
+        },
+        "annotations": {
+            **dict(out.annotations),
+            ISSUED_AT_ANNOTATION: rfc3339(token.issued_at),
+            EXPIRES_AT_ANNOTATION: rfc3339(token.expires_at),
+            SPEC_HASH_ANNOTATION: spec.spec_hash,
+        },
+        "ownerReferences": [
+            {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": spec.key.name,
+                "uid": spec.uid,
+                "controller": True,
+                "blockOwnerDeletion": False,
+            }
+        ],
+    }
+    if existing is not None:
+        metadata["resourceVersion"] = existing["metadata"]["resourceVersion"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": (existing or {}).get("type") or out.type,  # type is immutable once created
+        "data": encode_data(data),
+    }
+
+
+def with_refresh_token(secret: dict[str, Any], key: str, refresh_token: str) -> dict[str, Any]:
+    """The credentials Secret with a rotated refresh token, keeping resourceVersion as the
+    precondition of the replace."""
+    data = dict(secret.get("data") or {})
+    data.update(encode_data({key: refresh_token}))
+    return {**secret, "data": data}

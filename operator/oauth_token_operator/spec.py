@@ -1,0 +1,317 @@
+"""Parse an OAuthClient into immutable typed values: the one place that knows field names
+and defaults. Admission (the CRD schema and CEL rules) rejects most bad input first; this
+module re-checks what the operator relies on, so an object admitted by an older CRD still
+gets a clear error instead of a crash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+API_GROUP = "oauth-token-operator.dev"
+API_VERSION = "v1alpha1"
+KIND = "OAuthClient"
+PLURAL = "oauthclients"
+
+# Labels and annotations the operator puts on the Secrets it owns.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "oauth-token-operator"
+OWNER_LABEL = f"{API_GROUP}/oauthclient"
+EXPIRES_AT_ANNOTATION = f"{API_GROUP}/expires-at"
+ISSUED_AT_ANNOTATION = f"{API_GROUP}/issued-at"
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+
+# Parameters the operator sets itself; extraParams may not override them.
+RESERVED_PARAMS = frozenset(
+    {
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "scope",
+        "audience",
+        "resource",
+        "client_assertion",
+        "client_assertion_type",
+    }
+)
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class SpecError(ValueError):
+    """The OAuthClient cannot be acted on as written; the message is shown to the user."""
+
+
+class GrantType(StrEnum):
+    CLIENT_CREDENTIALS = "client_credentials"
+    REFRESH_TOKEN = "refresh_token"
+
+
+class ClientAuth(StrEnum):
+    BASIC = "client_secret_basic"
+    POST = "client_secret_post"
+    PRIVATE_KEY_JWT = "private_key_jwt"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ObjectKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class CredentialKeys:
+    secret_name: str
+    client_id: str = "client_id"
+    client_secret: str = "client_secret"
+    refresh_token: str = "refresh_token"
+    private_key: str = "private_key"
+
+
+@dataclass(frozen=True)
+class OutputSecret:
+    name: str
+    type: str = "Opaque"
+    access_token_key: str = "access_token"
+    token_type_key: str = "token_type"
+    expires_at_key: str = "expires_at"
+    id_token_key: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RefreshPolicy:
+    renew_before_percentage: int = 33
+    renew_before: float | None = None  # seconds; overrides the percentage when set
+    jitter_percentage: int = 10
+    min_interval: float = 30.0
+    default_lifetime: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to find the token endpoint: by discovery from an issuer, or given directly."""
+
+    issuer: str | None = None
+    token_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What to ask the provider for; knows nothing of Kubernetes."""
+
+    endpoint: Endpoint
+    grant_type: GrantType
+    client_auth: ClientAuth
+    scopes: tuple[str, ...] = ()
+    audience: str | None = None
+    resources: tuple[str, ...] = ()
+    extra_params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class OAuthClientSpec:
+    key: ObjectKey
+    uid: str
+    generation: int
+    request: TokenRequest
+    credentials: CredentialKeys
+    output: OutputSecret
+    refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
+    ca_bundle: tuple[str, str] | None = None  # (secret name, key)
+
+    @property
+    def spec_hash(self) -> str:
+        """Changes whenever a field that affects the issued token or the output Secret changes."""
+        return spec_hash(self)
+
+    def secret_names_read(self) -> frozenset[str]:
+        names = {self.credentials.secret_name}
+        if self.ca_bundle:
+            names.add(self.ca_bundle[0])
+        return frozenset(names)
+
+
+def spec_hash(spec: OAuthClientSpec) -> str:
+    material = json.dumps(
+        [repr(spec.request), repr(spec.credentials), repr(spec.output), repr(spec.ca_bundle)]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def parse_duration(value: str, field_name: str) -> float:
+    """Go-style durations as Kubernetes users write them: 90s, 10m, 1h30m, 1.5h."""
+    if not _DURATION.match(value):
+        raise SpecError(f"{field_name}: {value!r} is not a duration such as 90s, 10m or 1h30m")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+
+
+def _str(obj: dict[str, Any], name: str, default: str, path: str) -> str:
+    value = obj.get(name, default)
+    if not isinstance(value, str):
+        raise SpecError(f"{path}.{name} must be a string")
+    return value
+
+
+def _string_map(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise SpecError(f"{path} must map strings to strings")
+    return tuple(sorted(value.items()))
+
+
+def _string_list(value: Any, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{path} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _enum(cls: type[_E], value: Any, path: str) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)
+        raise SpecError(f"{path}: {value!r} is not one of {allowed}") from None
+
+
+def _endpoint(spec: dict[str, Any]) -> Endpoint:
+    issuer, token_endpoint = spec.get("issuer"), spec.get("tokenEndpoint")
+    if bool(issuer) == bool(token_endpoint):
+        raise SpecError("set exactly one of spec.issuer (OpenID discovery) or spec.tokenEndpoint")
+    for name, url in (("issuer", issuer), ("tokenEndpoint", token_endpoint)):
+        if url is not None and (
+            not isinstance(url, str) or not url.startswith(("https://", "http://"))
+        ):
+            raise SpecError(f"spec.{name} must be an http(s) URL")
+    return Endpoint(issuer=issuer, token_endpoint=token_endpoint)
+
+
+def _refresh_policy(refresh: dict[str, Any]) -> RefreshPolicy:
+    defaults = RefreshPolicy()
+    if "renewBefore" in refresh and "renewBeforePercentage" in refresh:
+        raise SpecError(
+            "set at most one of spec.refresh.renewBefore and spec.refresh.renewBeforePercentage"
+        )
+
+    def duration(name: str, default: float) -> float:
+        raw = refresh.get(name)
+        return default if raw is None else parse_duration(str(raw), f"spec.refresh.{name}")
+
+    pct = refresh.get("renewBeforePercentage", defaults.renew_before_percentage)
+    jitter = refresh.get("jitterPercentage", defaults.jitter_percentage)
+    if not isinstance(pct, int) or not 1 <= pct <= 90:
+        raise SpecError("spec.refresh.renewBeforePercentage must be an integer from 1 to 90")
+    if not isinstance(jitter, int) or not 0 <= jitter <= 50:
+        raise SpecError("spec.refresh.jitterPercentage must be an integer from 0 to 50")
+    return RefreshPolicy(
+        renew_before_percentage=pct,
+        renew_before=duration("renewBefore", 0.0) or None,
+        jitter_percentage=jitter,
+        min_interval=duration("minInterval", defaults.min_interval),
+        default_lifetime=duration("defaultLifetime", defaults.default_lifetime),
+    )
+
+
+def parse(body: dict[str, Any]) -> OAuthClientSpec:
+    """Turns an OAuthClient object (as a dict) into an OAuthClientSpec or raises SpecError."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        raise SpecError("spec is missing")
+    key = ObjectKey(meta.get("namespace", ""), meta.get("name", ""))
+
+    grant = _enum(GrantType, spec.get("grantType", "client_credentials"), "spec.grantType")
+    auth = _enum(
+        ClientAuth,
+        spec.get("clientAuthentication", "client_secret_basic"),
+        "spec.clientAuthentication",
+    )
+    if auth is ClientAuth.NONE and grant is not GrantType.REFRESH_TOKEN:
+        raise SpecError(
+            "clientAuthentication 'none' (a public client) only works with grantType "
+            "refresh_token; client_credentials needs a client secret or private key"
+        )
+
+    creds = spec.get("credentialsSecretRef")
+    if not isinstance(creds, dict) or not creds.get("name"):
+        raise SpecError("spec.credentialsSecretRef.name is required")
+    path = "spec.credentialsSecretRef"
+    credentials = CredentialKeys(
+        secret_name=_str(creds, "name", "", path),
+        client_id=_str(creds, "clientIdKey", "client_id", path),
+        client_secret=_str(creds, "clientSecretKey", "client_secret", path),
+        refresh_token=_str(creds, "refreshTokenKey", "refresh_token", path),
+        private_key=_str(creds, "privateKeyKey", "private_key", path),
+    )
+
+    extra = _string_map(spec.get("extraParams"), "spec.extraParams")
+    clashing = sorted(k for k, _ in extra if k in RESERVED_PARAMS)
+    if clashing:
+        raise SpecError(
+            f"spec.extraParams must not set {', '.join(clashing)}: the operator sets it itself"
+        )
+    audience = spec.get("audience")
+    if audience is not None and not isinstance(audience, str):
+        raise SpecError("spec.audience must be a string")
+
+    out = spec.get("secret") or {}
+    path = "spec.secret"
+    output = OutputSecret(
+        name=_str(out, "name", f"{key.name}-token", path) or f"{key.name}-token",
+        type=_str(out, "type", "Opaque", path),
+        access_token_key=_str(out, "accessTokenKey", "access_token", path),
+        token_type_key=_str(out, "tokenTypeKey", "token_type", path),
+        expires_at_key=_str(out, "expiresAtKey", "expires_at", path),
+        id_token_key=_str(out, "idTokenKey", "", path),
+        labels=_string_map(out.get("labels"), "spec.secret.labels"),
+        annotations=_string_map(out.get("annotations"), "spec.secret.annotations"),
+    )
+    if output.name == credentials.secret_name:
+        raise SpecError("spec.secret.name must differ from spec.credentialsSecretRef.name")
+
+    ca = (spec.get("tls") or {}).get("caBundleSecretRef")
+    ca_bundle = None
+    if ca:
+        ca_bundle = (
+            _str(ca, "name", "", "spec.tls.caBundleSecretRef"),
+            _str(ca, "key", "ca.crt", "spec.tls.caBundleSecretRef"),
+        )
+
+    return OAuthClientSpec(
+        key=key,
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 0),
+        request=TokenRequest(
+            endpoint=_endpoint(spec),
+            grant_type=grant,
+            client_auth=auth,
+            scopes=_string_list(spec.get("scopes"), "spec.scopes"),
+            audience=audience or None,
+            resources=_string_list(spec.get("resource"), "spec.resource"),
+            extra_params=extra,
+        ),
+        credentials=credentials,
+        output=output,
+        refresh=_refresh_policy(spec.get("refresh") or {}),
+        ca_bundle=ca_bundle,
+    )
