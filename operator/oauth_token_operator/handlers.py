@@ -22,7 +22,13 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
     """A registry with the operator's handlers, bound to these settings."""
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same sources as Kube.connect(): in-cluster service account, else KUBECONFIG.
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings)
         kube = await Kube.connect()
@@ -31,14 +37,14 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
         memo.scheduler.cancel()
         await asyncio.gather(memo.scheduler, return_exceptions=True)
         await memo.refresher.tokens.aclose()
         await memo.refresher.kube.close()
 
-    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+    @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="oauthclient", registry=registry)
     async def oauthclient_event(
         event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
     ) -> None:
@@ -47,7 +53,7 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
         else:
             await memo.refresher.observe(event["object"])
 
-    @kopf.on.event("", "v1", "secrets", registry=registry)
+    @kopf.on.event("", "v1", "secrets", id="secret", registry=registry)
     def secret_event(
         event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
     ) -> None:

@@ -34,3 +34,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    # kopf logs every handled event at INFO: one line per Secret change cluster-wide.
+    if root.level > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)

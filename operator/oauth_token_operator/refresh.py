@@ -172,6 +172,14 @@ class Refresher:
             if due is not None:
                 assert recorded is not None
                 metrics.REUSED_TOKENS.inc()
+                log.info(
+                    "%s: token in Secret %s is valid until %s; next refresh at %s "
+                    "(no exchange needed)",
+                    key,
+                    spec.output.name,
+                    rfc3339(recorded.expires_at),
+                    rfc3339(due),
+                )
                 await self._succeeded(spec, state, recorded.issued_at, recorded.expires_at, due)
                 return due
             token = await self.tokens.exchange(
@@ -207,6 +215,13 @@ class Refresher:
             self.rng,
         )
         state.force = False
+        log.info(
+            "%s: wrote a token valid until %s to Secret %s; next refresh at %s",
+            key,
+            rfc3339(token.expires_at),
+            spec.output.name,
+            rfc3339(due),
+        )
         await self._succeeded(spec, state, token.issued_at, token.expires_at, due, token)
         return due
 

@@ -1,0 +1,76 @@
+"""Session-wide fixtures for the integration tests: one test CA and one identity provider."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.controlplane import ControlPlane
+from tests.support.idp import IdentityProvider
+from tests.support.operator_process import OperatorProcess
+from tests.support.pki import TestCA
+
+
+@pytest.fixture(scope="session")
+def test_ca() -> TestCA:
+    """The CA every loopback service of the session serves certificates from."""
+    return TestCA()
+
+
+@pytest.fixture(scope="session")
+def identity_provider(test_ca: TestCA) -> Iterator[IdentityProvider]:
+    """oidc-provider with `default_clients()`; tests must not rely on absolute stats counts
+    without calling `reset_stats()` first."""
+    with IdentityProvider(test_ca) as idp:
+        yield idp
+
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: ControlPlane) -> None:
+    """The OAuthClient CRD from crds/, installed and established."""
+    control_plane.kubectl("apply", "-f", str(CRD))
+    control_plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/oauthclients.oauth-token-operator.dev",
+    )
+
+
+@pytest.fixture
+def cluster(control_plane: ControlPlane, crd: None) -> Cluster:
+    """A fresh namespace of its own for each test."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", namespace)
+    return Cluster(control_plane, namespace)
+
+
+@pytest.fixture
+def idp_ca_secret(cluster: Cluster, test_ca: TestCA) -> str:
+    """A Secret with the test CA, for spec.tls.caBundleSecretRef."""
+    cluster.create_secret("idp-ca", {"ca.crt": test_ca.cert_pem.decode()})
+    return "idp-ca"
+
+
+@pytest.fixture
+def operator_process(
+    control_plane: ControlPlane, cluster: Cluster, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator watching the test's namespace, as admin, with a short propagation
+    margin so that short-lived test tokens refresh within seconds."""
+    process = OperatorProcess(
+        control_plane.kubeconfig_path,
+        cluster.namespace,
+        tmp_path / "operator.log",
+        ("--propagation-margin", "2s"),
+    )
+    with process:
+        yield process

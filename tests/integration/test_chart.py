@@ -1,0 +1,326 @@
+"""The Helm chart installed into a real kube-apiserver, and its RBAC checked there.
+
+No pods run (the test control plane has no scheduler or kubelet), so this checks what
+the API server itself decides: that `helm install` succeeds, that the objects and the CRD
+exist, and that the chart's service account may do exactly what the operator does, asked
+of the RBAC authorizer by impersonation (`kubectl auth can-i --as=...`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helm import BUILD_TIMEOUT, helm_binary
+from tests.support.controlplane import ControlPlane
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUILD_TIMEOUT + 300)]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "oauth-token-operator"
+CRD_NAME = "oauthclients.oauth-token-operator.dev"
+OAUTHCLIENTS = "oauthclients.oauth-token-operator.dev"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    fullname: str  # name of the Deployment, ServiceAccount, ClusterRole, ...
+
+    @property
+    def service_account(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.fullname}"
+
+
+def helm(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(helm_binary()), f"--kubeconfig={cp.kubeconfig_path}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+    assert result.returncode == 0, f"helm {' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def install(cp: ControlPlane, name: str, namespace: str, *values: str) -> Iterator[Release]:
+    """helm install (no --wait: no pod can become ready here), then uninstall afterwards.
+    Namespaces are left behind: without kube-controller-manager they never finish
+    terminating, and leaving them costs nothing."""
+    args = ["install", name, str(CHART), "--namespace", namespace, "--create-namespace"]
+    for value in values:
+        args += ["--set", value]
+    helm(cp, *args)
+    try:
+        yield Release(name, namespace, f"{name}-oauth-token-operator")
+    finally:
+        helm(cp, "uninstall", name, "--namespace", namespace)
+
+
+@pytest.fixture(scope="module")
+def cluster_wide(control_plane: ControlPlane) -> Iterator[Release]:
+    """The chart with default values (what deploy/operator.yaml holds), under a release
+    name of its own so that its cluster-scoped objects collide with no other test."""
+    yield from install(control_plane, "chart-test", "chart-test")
+
+
+@pytest.fixture(scope="module")
+def namespaced(control_plane: ControlPlane) -> Iterator[Release]:
+    """The chart watching two namespaces, with kopf peering."""
+    for ns in ("chart-team-a", "chart-team-b", "chart-team-c"):
+        control_plane.kubectl("create", "namespace", ns)
+    yield from install(
+        control_plane,
+        "chart-ns",
+        "chart-ns",
+        "watchNamespaces={chart-team-a,chart-team-b}",
+        "peering.enabled=true",
+        "peering.name=chart-ns",
+    )
+
+
+def can_i(
+    cp: ControlPlane,
+    release: Release,
+    verb: str,
+    resource: str,
+    *,
+    namespace: str | None = None,
+    subresource: str | None = None,
+) -> bool:
+    """Asks the API server's authorizer whether the release's service account may do this.
+    `kubectl auth can-i` exits 0 for yes and 1 for no."""
+    args = ["auth", "can-i", verb, resource, f"--as={release.service_account}"]
+    args.append(f"--namespace={namespace}" if namespace else "--all-namespaces")
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    result = cp.kubectl(*args, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode == 0
+
+
+def test_install_creates_crd_and_objects(
+    control_plane: ControlPlane, cluster_wide: Release
+) -> None:
+    cp, r = control_plane, cluster_wide
+    # The CRD from the chart's crds/ directory is served: the API knows the kind.
+    cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    resources = cp.kubectl("api-resources", "--api-group=oauth-token-operator.dev", "-o=name")
+    assert resources.stdout.split() == [OAUTHCLIENTS]
+    for kind in ("deployment", "serviceaccount", "service"):
+        name = f"{r.fullname}-metrics" if kind == "service" else r.fullname
+        cp.kubectl("get", kind, name, f"--namespace={r.namespace}")
+    cp.kubectl("get", "clusterrole", r.fullname)
+    cp.kubectl("get", "clusterrolebinding", r.fullname)
+    status = helm(cp, "status", r.name, f"--namespace={r.namespace}")
+    assert "STATUS: deployed" in status.stdout
+
+
+# What the operator does, in any namespace (cluster-wide mode): (verb, resource, subresource).
+ALLOWED = [
+    ("get", OAUTHCLIENTS, None),
+    ("list", OAUTHCLIENTS, None),
+    ("watch", OAUTHCLIENTS, None),
+    ("patch", OAUTHCLIENTS, "status"),
+    ("update", OAUTHCLIENTS, "status"),
+    ("get", "secrets", None),
+    ("list", "secrets", None),
+    ("watch", "secrets", None),
+    ("create", "secrets", None),
+    ("update", "secrets", None),
+    ("patch", "secrets", None),
+    ("create", "events", None),
+    ("patch", "events", None),
+    ("create", "events.events.k8s.io", None),
+]
+# What it must not be able to do.
+DENIED = [
+    ("patch", OAUTHCLIENTS, None),  # the spec belongs to users
+    ("update", OAUTHCLIENTS, None),
+    ("create", OAUTHCLIENTS, None),
+    ("delete", OAUTHCLIENTS, None),
+    ("delete", "secrets", None),  # garbage collection removes owned Secrets
+    ("deletecollection", "secrets", None),
+    ("create", "pods", None),
+    ("create", "pods", "exec"),
+    ("get", "configmaps", None),
+    ("create", "serviceaccounts", "token"),
+    ("create", "rolebindings.rbac.authorization.k8s.io", None),
+    ("delete", "events", None),
+]
+
+
+@pytest.mark.parametrize(("verb", "resource", "subresource"), ALLOWED)
+def test_cluster_wide_rbac_allows(
+    control_plane: ControlPlane,
+    cluster_wide: Release,
+    verb: str,
+    resource: str,
+    subresource: str | None,
+) -> None:
+    assert can_i(control_plane, cluster_wide, verb, resource, subresource=subresource)
+    assert can_i(
+        control_plane, cluster_wide, verb, resource, namespace="default", subresource=subresource
+    )
+
+
+@pytest.mark.parametrize(("verb", "resource", "subresource"), DENIED)
+def test_cluster_wide_rbac_denies(
+    control_plane: ControlPlane,
+    cluster_wide: Release,
+    verb: str,
+    resource: str,
+    subresource: str | None,
+) -> None:
+    assert not can_i(
+        control_plane, cluster_wide, verb, resource, namespace="default", subresource=subresource
+    )
+
+
+def test_cluster_wide_rbac_is_exactly_what_the_operator_does(
+    control_plane: ControlPlane, cluster_wide: Release
+) -> None:
+    """Everything the service account may do on resources, as the API server lists it,
+    less what every authenticated user may do (self-reviews, discovery URLs)."""
+    listing = control_plane.kubectl(
+        "auth", "can-i", "--list", f"--as={cluster_wide.service_account}", "--namespace=default"
+    )
+    granted: dict[str, set[str]] = {}
+    for line in listing.stdout.splitlines()[1:]:
+        if line.startswith(" "):  # a non-resource URL row (no resource column)
+            continue
+        resource = line.split()[0]
+        verbs = line[line.rindex("[") + 1 : line.rindex("]")].split()
+        if not resource.startswith("selfsubject"):
+            granted.setdefault(resource, set()).update(verbs)
+    assert granted == {
+        OAUTHCLIENTS: {"get", "list", "watch"},
+        f"{OAUTHCLIENTS}/status": {"patch", "update"},
+        f"{OAUTHCLIENTS}/finalizers": {"update"},
+        "secrets": {"get", "list", "watch", "create", "update", "patch"},
+        "events": {"create", "patch"},
+        "events.events.k8s.io": {"create", "patch"},
+        "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
+    }
+
+
+def test_cluster_wide_rbac_on_cluster_scoped_resources(
+    control_plane: ControlPlane, cluster_wide: Release
+) -> None:
+    cp, r = control_plane, cluster_wide
+    crds = "customresourcedefinitions.apiextensions.k8s.io"
+    assert can_i(cp, r, "list", crds) and can_i(cp, r, "watch", crds)
+    for verb in ("create", "patch", "delete"):
+        assert not can_i(cp, r, verb, crds)
+    assert not can_i(cp, r, "create", "namespaces")
+    assert not can_i(cp, r, "create", "clusterrolebindings.rbac.authorization.k8s.io")
+    assert not can_i(cp, r, "impersonate", "users")
+    # Peering is off by default: no access to kopf's peering objects.
+    assert not can_i(cp, r, "patch", "clusterkopfpeerings.kopf.dev")
+
+
+def test_namespaced_rbac_stays_in_the_listed_namespaces(
+    control_plane: ControlPlane, namespaced: Release
+) -> None:
+    cp, r = control_plane, namespaced
+    for ns in ("chart-team-a", "chart-team-b"):
+        assert can_i(cp, r, "watch", OAUTHCLIENTS, namespace=ns)
+        assert can_i(cp, r, "patch", OAUTHCLIENTS, namespace=ns, subresource="status")
+        assert can_i(cp, r, "create", "secrets", namespace=ns)
+        assert can_i(cp, r, "create", "events", namespace=ns)
+        assert can_i(cp, r, "patch", "kopfpeerings.kopf.dev", namespace=ns)
+        assert not can_i(cp, r, "delete", "secrets", namespace=ns)
+        assert not can_i(cp, r, "patch", OAUTHCLIENTS, namespace=ns)
+    # Not in a namespace it does not watch, its own included, nor across all namespaces.
+    for ns in ("chart-team-c", r.namespace, "default"):
+        assert not can_i(cp, r, "get", "secrets", namespace=ns)
+        assert not can_i(cp, r, "list", OAUTHCLIENTS, namespace=ns)
+    assert not can_i(cp, r, "list", "secrets")
+    assert not can_i(cp, r, "watch", OAUTHCLIENTS)
+    # Only kopf's scanning reads are cluster-wide.
+    assert can_i(cp, r, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert can_i(cp, r, "watch", "namespaces")
+    assert not can_i(cp, r, "get", "namespaces")
+
+
+def test_namespaced_peering_objects_exist(control_plane: ControlPlane, namespaced: Release) -> None:
+    """The peering CRDs are installed with the release and the KopfPeering objects that the
+    operator joins (--peering) are created in each watched namespace by the post-install
+    hook, after their CRD exists."""
+    cp = control_plane
+    for crd in ("kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        cp.kubectl("get", "crd", crd)
+    for ns in ("chart-team-a", "chart-team-b"):
+        cp.kubectl("get", "kopfpeerings.kopf.dev", "chart-ns", f"--namespace={ns}")
+    peerings = cp.kubectl("get", "kopfpeerings.kopf.dev", "--all-namespaces", "-o=name")
+    assert peerings.stdout.split() == ["kopfpeering.kopf.dev/chart-ns"] * 2
+    # An upgrade re-runs the hook (before-hook-creation replaces the objects) and succeeds.
+    helm(
+        cp,
+        "upgrade",
+        namespaced.name,
+        str(CHART),
+        f"--namespace={namespaced.namespace}",
+        "--reuse-values",
+    )
+    cp.kubectl("get", "kopfpeerings.kopf.dev", "chart-ns", "--namespace=chart-team-a")
+
+
+def test_pod_passes_restricted_pod_security(control_plane: ControlPlane) -> None:
+    """The API server's Pod Security admission accepts the chart's pod in a namespace that
+    enforces the "restricted" standard. (A Deployment is only warned about; a Pod is
+    enforced, so the Deployment's pod template is submitted as a Pod, server-side dry run.)"""
+    cp = control_plane
+    ns = "chart-restricted"
+    cp.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": ns,
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }
+        ),
+    )
+    rendered = subprocess.run(
+        [str(helm_binary()), "template", "psa", str(CHART), f"--namespace={ns}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    (deployment,) = [
+        doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "Deployment"
+    ]
+    template = deployment["spec"]["template"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "psa-check", "namespace": ns, **template["metadata"]},
+        "spec": template["spec"],
+    }
+    # The ServiceAccount need not exist: its admission plugin is off in the test control plane.
+    result = cp.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "violate" not in result.stderr, result.stderr
+
+    # And the check is real: a pod that drops the hardening is refused.
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    refused = cp.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+    )
+    assert refused.returncode != 0
+    assert "violates PodSecurity" in refused.stderr
