@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -48,18 +49,19 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oauth-token-operator", description=__doc__)
-    parser.add_argument(
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
     )
-    parser.add_argument(
+    logging_options.add_argument(
         "--log-format", default=_env("LOG_FORMAT", "plain"), choices=["plain", "json"]
     )
+    parser = argparse.ArgumentParser(prog="oauth-token-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the operator")
+    run = commands.add_parser("run", help="run the operator", parents=[logging_options])
     run.add_argument(
         "--namespace",
         action="append",
@@ -100,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import tokencmd
 
-    tokencmd.add_parser(commands, _add_endpoint_options)
+    tokencmd.add_parser(commands, [logging_options], _add_endpoint_options)
     from . import login
 
-    login.add_parser(commands)
+    login.add_parser(commands, [logging_options])
     return parser
 
 
@@ -144,6 +146,9 @@ def run_operator(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
+        # kopf pauses every peer but the one with the highest priority; equal priorities
+        # would pause them all, so each replica draws its own.
+        priority=secrets.randbelow(1_000_000) + 1 if args.peering else 0,
         liveness_endpoint=(
             f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
         ),

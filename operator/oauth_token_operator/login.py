@@ -34,9 +34,11 @@ from .spec import ClientAuth
 CALLBACK_TIMEOUT = 600.0
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
-        "login", help="obtain a refresh token in a browser and store it in a Secret"
+        "login",
+        help="obtain a refresh token in a browser and store it in a Secret",
+        parents=parents,
     )
     parser.add_argument("--issuer", required=True, help="issuer URL (OpenID discovery)")
     parser.add_argument("--client-id", required=True)

@@ -19,9 +19,13 @@ from .spec import API_GROUP, API_VERSION, PLURAL, GrantType, SpecError, parse
 
 
 def add_parser(
-    commands: Any, add_endpoint_options: Callable[[argparse.ArgumentParser], None]
+    commands: Any,
+    parents: list[argparse.ArgumentParser],
+    add_endpoint_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    parser = commands.add_parser("token", help="perform one exchange for an OAuthClient")
+    parser = commands.add_parser(
+        "token", help="perform one exchange for an OAuthClient", parents=parents
+    )
     parser.add_argument("name", help="the OAuthClient's name")
     parser.add_argument("-n", "--namespace", default="default")
     parser.add_argument("--kubeconfig", default=None)

@@ -1,0 +1,94 @@
+{{/* Chart name, overridable. */}}
+{{- define "oauth-token-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name of the release's objects. A release called like the chart (the usual
+`helm install oauth-token-operator ...`) is not repeated: oauth-token-operator, not
+oauth-token-operator-oauth-token-operator.
+*/}}
+{{- define "oauth-token-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "oauth-token-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select the operator's pods; never change them on upgrade. */}}
+{{- define "oauth-token-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "oauth-token-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "oauth-token-operator.labels" -}}
+helm.sh/chart: {{ include "oauth-token-operator.chart" . }}
+{{ include "oauth-token-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "oauth-token-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "oauth-token-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "oauth-token-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/*
+Whether kopf peering is on: asked for, or needed because several replicas run. Without
+peering every replica would refresh every token, and two refreshes of one rotating refresh
+token make the provider revoke the grant. Renders "true" or "".
+*/}}
+{{- define "oauth-token-operator.peering" -}}
+{{- if or .Values.peering.enabled (gt (int .Values.replicas) 1) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+RBAC rules on the namespaced resources the operator touches; used by the ClusterRole in
+cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the operator does:
+*/}}
+{{- define "oauth-token-operator.namespacedRules" -}}
+# Watch OAuthClients; never write their spec or metadata.
+- apiGroups: [oauth-token-operator.dev]
+  resources: [oauthclients]
+  verbs: [get, list, watch]
+# Report status through the status subresource only.
+- apiGroups: [oauth-token-operator.dev]
+  resources: [oauthclients/status]
+  verbs: [patch, update]
+# The output Secrets carry an ownerReference with blockOwnerDeletion to their OAuthClient;
+# clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, for
+# one) require update on the owner's finalizers for that.
+- apiGroups: [oauth-token-operator.dev]
+  resources: [oauthclients/finalizers]
+  verbs: [update]
+# Read credentials and CA bundle Secrets; create and update the output Secrets it owns
+# (the operator checks ownership before every write). No delete: garbage collection
+# removes output Secrets through their ownerReference.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, update, patch]
+# Events on OAuthClients (kopf posts core/v1 Events; events.k8s.io for newer clients).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

@@ -1,0 +1,351 @@
+"""The Helm chart and the plain manifests in deploy/, checked without a cluster.
+
+These run the real helm CLI (built from Go modules by tests/helm/build.sh) so that what is
+checked is what `helm install` and `kubectl apply` would see.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helm import BUILD_TIMEOUT, helm_binary
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "oauth-token-operator"
+CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
+
+# The first test to need helm may compile it.
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
+
+Manifest = dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return helm_binary()
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def render(helm: Path, *values: str, namespace: str = "oauth-token-operator") -> list[Manifest]:
+    """`helm template` of the chart with `--set` values, parsed into manifests."""
+    args = ["template", "oauth-token-operator", str(CHART), "--namespace", namespace]
+    for value in values:
+        args += ["--set", value]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def only(manifests: Iterable[Manifest], kind: str) -> Manifest:
+    found = [m for m in manifests if m["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def of_kind(manifests: Iterable[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def grants(role: Manifest, group: str, resource: str) -> set[str]:
+    """The verbs a Role/ClusterRole grants on group/resource."""
+    verbs: set[str] = set()
+    for rule in role.get("rules", []):
+        if group in rule.get("apiGroups", []) and resource in rule.get("resources", []):
+            verbs.update(rule["verbs"])
+    return verbs
+
+
+# -- copies of the CRD ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        CHART / "crds" / CRD.name,
+        REPO / "deploy" / "crd.yaml",
+    ],
+    ids=["chart", "deploy"],
+)
+def test_crd_copy_is_identical_to_source(copy: Path) -> None:
+    assert copy.read_bytes() == CRD.read_bytes(), (
+        f"{copy.relative_to(REPO)} differs from {CRD.relative_to(REPO)}: run charts/sync-crd.sh"
+    )
+
+
+def test_chart_holds_only_the_oauthclient_crd() -> None:
+    # Any other file in crds/ would be installed, unversioned and never upgraded, by helm.
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
+
+
+# -- lint and schema --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["watchNamespaces={team-a,team-b}", "replicas=2"],
+        ["metrics.serviceMonitor.enabled=true", "allowHttp=true", "allowedHosts={idp.example}"],
+    ],
+    ids=["defaults", "namespaced-peering", "monitoring"],
+)
+def test_helm_lint_strict(helm: Path, values: list[str]) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for value in values:
+        args += ["--set", value]
+    result = run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ("replicas=two", "/replicas"),
+        ("logLevel=verbose", "/logLevel"),
+        ("propagationMargin=soon", "/propagationMargin"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("watchNamespaces={Not_A_Namespace}", "/watchNamespaces/0"),
+        ("replica=2", "replica"),  # a typo: additionalProperties is false
+    ],
+)
+def test_schema_rejects_bad_values(helm: Path, value: str, path: str) -> None:
+    result = run_helm(helm, "template", "x", str(CHART), "--set", value)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert path in result.stderr
+
+
+# -- the default rendering --------------------------------------------------------------
+
+
+def test_default_deployment_is_locked_down(helm: Path) -> None:
+    manifests = render(helm)
+    pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
+
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == only(manifests, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_default_args_and_rollout(helm: Path) -> None:
+    deployment = only(render(helm), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [
+        "run",
+        "--concurrency=16",
+        "--propagation-margin=90s",
+        "--health-port=8080",
+        "--metrics-port=9090",
+        "--log-level=info",
+        "--log-format=json",
+    ]
+    # One standalone operator: never two at once, not even during a rollout.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_args_follow_values(helm: Path) -> None:
+    manifests = render(
+        helm,
+        "watchNamespaces={team-a,team-b}",
+        "allowHttp=true",
+        "allowedHosts={idp.example,login.example}",
+        "concurrency=4",
+        "propagationMargin=2m",
+        "peering.enabled=true",
+        "peering.name=tokens",
+        "logLevel=debug",
+        "logFormat=plain",
+        "healthPort=8081",
+        "metrics.port=9091",
+    )
+    (container,) = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [
+        "run",
+        "--namespace=team-a",
+        "--namespace=team-b",
+        "--allow-http",
+        "--allowed-hosts=idp.example,login.example",
+        "--concurrency=4",
+        "--propagation-margin=2m",
+        "--peering=tokens",
+        "--health-port=8081",
+        "--metrics-port=9091",
+        "--log-level=debug",
+        "--log-format=plain",
+    ]
+
+
+def test_default_rbac_is_cluster_wide_and_minimal(helm: Path) -> None:
+    manifests = render(helm)
+    assert of_kind(manifests, "Role") == []
+    role = only(manifests, "ClusterRole")
+    group = "oauth-token-operator.dev"
+    assert grants(role, group, "oauthclients") == {"get", "list", "watch"}
+    assert grants(role, group, "oauthclients/status") == {"patch", "update"}
+    assert grants(role, "", "secrets") == {"get", "list", "watch", "create", "update", "patch"}
+    assert grants(role, "", "events") == {"create", "patch"}
+    assert grants(role, "events.k8s.io", "events") == {"create", "patch"}
+    assert grants(role, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
+    # No wildcards anywhere, and nothing on kopf peering while peering is off.
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        assert "kopf.dev" not in rule["apiGroups"]
+
+    binding = only(manifests, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": only(manifests, "ServiceAccount")["metadata"]["name"],
+            "namespace": "oauth-token-operator",
+        }
+    ]
+
+
+def test_metrics_service_selects_the_pods(helm: Path) -> None:
+    manifests = render(helm)
+    service = only(manifests, "Service")
+    pod_labels = only(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert of_kind(render(helm, "metrics.enabled=false"), "Service") == []
+    monitor = only(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_deploy_manifests_are_the_rendered_chart(helm: Path) -> None:
+    """deploy/operator.yaml is exactly what charts/render-deploy.sh makes of the chart."""
+    result = subprocess.run(
+        [str(REPO / "charts" / "render-deploy.sh"), "-"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "HELM": str(helm)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (REPO / "deploy" / "operator.yaml").read_text() == result.stdout, (
+        "deploy/operator.yaml is stale: run charts/render-deploy.sh"
+    )
+    manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert sorted(m["kind"] for m in manifests) == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Namespace",
+        "Service",
+        "ServiceAccount",
+    ]
+    assert only(manifests, "Namespace")["metadata"]["name"] == "oauth-token-operator"
+    for manifest in manifests:
+        if manifest["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
+            assert manifest["metadata"]["namespace"] == "oauth-token-operator"
+
+
+# -- namespaced mode and peering --------------------------------------------------------
+
+
+def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> None:
+    manifests = render(helm, "watchNamespaces={a,b}")
+    roles = of_kind(manifests, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    for role in roles:
+        assert grants(role, "", "secrets") == {"get", "list", "watch", "create", "update", "patch"}
+        assert grants(role, "oauth-token-operator.dev", "oauthclients/status") == {
+            "patch",
+            "update",
+        }
+    bindings = of_kind(manifests, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[0]["metadata"]["name"],
+        }
+
+    # What stays cluster-wide is only what kopf's scanning reads.
+    for cluster_role in of_kind(manifests, "ClusterRole"):
+        for rule in cluster_role["rules"]:
+            assert "secrets" not in rule["resources"], rule
+            assert set(rule["verbs"]) <= {"list", "watch"}, rule
+            assert "oauthclients" not in rule["resources"], rule
+
+    (container,) = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == [
+        "--namespace=a",
+        "--namespace=b",
+    ]
+
+
+def test_peering_off_by_default(helm: Path) -> None:
+    manifests = render(helm)
+    assert of_kind(manifests, "CustomResourceDefinition") == []
+    assert of_kind(manifests, "ClusterKopfPeering") == []
+
+
+@pytest.mark.parametrize("values", [["replicas=2"], ["peering.enabled=true"]])
+def test_peering_cluster_wide(helm: Path, values: list[str]) -> None:
+    manifests = render(helm, *values)
+    crds = {m["metadata"]["name"] for m in of_kind(manifests, "CustomResourceDefinition")}
+    assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    peering = only(manifests, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == "oauth-token-operator"
+    # A hook: created after the CRDs above exist (see templates/peering.yaml).
+    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    role = only(manifests, "ClusterRole")
+    assert grants(role, "kopf.dev", "clusterkopfpeerings") == {"get", "list", "watch", "patch"}
+    deployment = only(manifests, "Deployment")
+    assert "strategy" not in deployment["spec"]  # a rolling update is safe with peering
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--peering=oauth-token-operator" in container["args"]
+
+
+def test_peering_namespaced(helm: Path) -> None:
+    manifests = render(helm, "watchNamespaces={a,b}", "peering.enabled=true")
+    peerings = of_kind(manifests, "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["a", "b"]
+    assert of_kind(manifests, "ClusterKopfPeering") == []
+    for role in of_kind(manifests, "Role"):
+        assert grants(role, "kopf.dev", "kopfpeerings") == {"get", "list", "watch", "patch"}
+    # Peering CRDs can be left to whoever installed them already.
+    assert (
+        of_kind(render(helm, "replicas=2", "peering.createCRDs=false"), "CustomResourceDefinition")
+        == []
+    )
