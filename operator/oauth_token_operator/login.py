@@ -78,7 +78,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--client-id-key", default="client_id")
     parser.add_argument("--client-secret-key", default="client_secret")
     parser.add_argument("--refresh-token-key", default="refresh_token")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, log_level="warning")  # keep the terminal for results
 
 
 def pkce_pair() -> tuple[str, str]:

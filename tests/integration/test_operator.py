@@ -4,18 +4,15 @@ operator as a separate process."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 
+from tests.support.cli import login
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.idp import (
@@ -26,7 +23,6 @@ from tests.support.idp import (
     RT_POST,
     RT_POST_SECRET,
     IdentityProvider,
-    complete_login,
 )
 from tests.support.operator_process import OperatorProcess
 from tests.support.pki import TestCA
@@ -140,62 +136,6 @@ def test_token_is_refreshed_before_it_expires(
     assert claims(second["access_token"])["exp"] > claims(first["access_token"])["exp"]
 
 
-def login(
-    cp: ControlPlane,
-    cluster: Cluster,
-    idp: IdentityProvider,
-    tmp_path: Path,
-    secret: str,
-) -> subprocess.CompletedProcess[str]:
-    """Runs the `login` CLI and plays the browser with the provider's dev interactions."""
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(idp.ca_pem)
-    secret_file = tmp_path / "client-secret"
-    secret_file.write_text(RT_POST_SECRET)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "oauth_token_operator",
-            "login",
-            "--issuer",
-            idp.issuer,
-            "--client-id",
-            RT_POST,
-            "--client-secret-file",
-            str(secret_file),
-            "--scope",
-            "openid",
-            "--scope",
-            "offline_access",
-            "--param",
-            "sub_type=user",
-            "--no-browser",
-            "--ca-file",
-            str(ca_file),
-            "-n",
-            cluster.namespace,
-            "--secret",
-            secret,
-        ],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "KUBECONFIG": str(cp.kubeconfig_path)},
-    )
-    assert process.stderr is not None
-    url = ""
-    while not url.startswith("http"):
-        url = process.stderr.readline().strip()
-        assert url or process.poll() is None, "login exited before printing a URL"
-    with idp.http_client() as browser:
-        callback = complete_login(url, browser)
-    assert callback.startswith("http://127.0.0.1:")
-    assert httpx.get(callback).status_code == 200  # the CLI's loopback listener
-    stdout, stderr = process.communicate(timeout=30)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
 def test_refresh_token_rotation_is_persisted_and_never_reused(
     control_plane: ControlPlane,
     cluster: Cluster,
@@ -204,7 +144,7 @@ def test_refresh_token_rotation_is_persisted_and_never_reused(
     operator_process: OperatorProcess,
     tmp_path: Path,
 ) -> None:
-    result = login(control_plane, cluster, short_lived_idp, tmp_path, "rt-creds")
+    result = login(cluster, short_lived_idp, tmp_path, "rt-creds", RT_POST, RT_POST_SECRET)
     assert result.returncode == 0, result.stderr
     assert "stored a refresh token" in result.stderr
     initial = cluster.secret_data("rt-creds")
@@ -405,7 +345,10 @@ def test_no_secret_value_in_operator_logs(
 ) -> None:
     """Debug-level logs of a full cycle (login, exchanges, rotation, failures) hold none of
     the secrets involved."""
-    assert login(control_plane, cluster, short_lived_idp, tmp_path, "rt-creds").returncode == 0
+    assert (
+        login(cluster, short_lived_idp, tmp_path, "rt-creds", RT_POST, RT_POST_SECRET).returncode
+        == 0
+    )
     cluster.create_secret("cc", {"client_id": CC_POST, "client_secret": CC_POST_SECRET})
     cluster.create_secret("bad", {"client_id": CC_POST, "client_secret": "leaky-wrong-secret"})
     cluster.apply(
