@@ -1,0 +1,62 @@
+"""The operator does its whole job under exactly the RBAC the chart grants: it runs with a
+client certificate whose user name is the chart's service account, so the chart's own
+(Cluster)RoleBindings apply unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helm import helm_binary
+from tests.integration.test_operator import oauth_client
+from tests.support.cluster import Cluster
+from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
+from tests.support.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "oauth-token-operator"
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_operator_works_under_the_charts_namespaced_rbac(
+    cluster: Cluster, identity_provider: IdentityProvider, idp_ca_secret: str, tmp_path: Path
+) -> None:
+    release_ns = "op" + cluster.namespace[1:]  # short: the user name is a 64-char CN
+    cluster.kubectl("create", "namespace", release_ns)
+    rendered = subprocess.run(
+        [
+            str(helm_binary()),
+            "template",
+            "oto",
+            str(CHART),
+            "--namespace",
+            release_ns,
+            "--set",
+            f"watchNamespaces={{{cluster.namespace}}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+    assert {d["kind"] for d in rbac} >= {"ServiceAccount", "Role", "RoleBinding"}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
+
+    kubeconfig = cluster.cp.user_kubeconfig(
+        f"system:serviceaccount:{release_ns}:{account}",
+        ("system:serviceaccounts", f"system:serviceaccounts:{release_ns}"),
+    )
+    cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
+    cluster.apply(oauth_client("api", identity_provider.issuer, "creds"))
+
+    with OperatorProcess(kubeconfig, cluster.namespace, tmp_path / "operator.log") as operator:
+        cluster.wait_ready("api")
+        assert cluster.secret_data("api-token") is not None
+        assert any(e["reason"] == "TokenIssued" for e in cluster.events("api"))
+        logs = operator.logs()
+    assert "403" not in logs and "Forbidden" not in logs, logs[-3000:]
