@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 
@@ -385,3 +386,50 @@ def test_no_secret_value_in_operator_logs(
     assert "DEBUG" in logs  # the operator really logged at debug level
     leaked = [s[:6] + "…" for s in secrets if s in logs]
     assert not leaked, f"secret values found in operator logs: {leaked}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_metrics_and_health_endpoints(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    identity_provider: IdentityProvider,
+    idp_ca_secret: str,
+    tmp_path: Path,
+) -> None:
+    metrics_port, health_port = _free_port(), _free_port()
+    cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
+    cluster.create_secret("bad", {"client_id": CC_BASIC, "client_secret": "wrong"})
+    cluster.apply(oauth_client("good", identity_provider.issuer, "creds"))
+    cluster.apply(oauth_client("bad", identity_provider.issuer, "bad"))
+    process = OperatorProcess(
+        control_plane.kubeconfig_path,
+        cluster.namespace,
+        tmp_path / "operator.log",
+        ("--metrics-port", str(metrics_port), "--health-port", str(health_port)),
+    )
+    with process:
+        cluster.wait_ready("good")
+        eventually(lambda: (cluster.ready("bad") or {}).get("status") == "False", timeout=30)
+        health = eventually(lambda: _get(f"http://127.0.0.1:{health_port}/healthz"), timeout=10)
+        assert health.status_code == 200
+        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert metrics is not None
+        text = metrics.text
+    assert 'oauth_token_operator_exchanges_total{result="success"} 1.0' in text
+    assert 'oauth_token_operator_exchanges_total{result="needs_human"} 1.0' in text
+    assert "oauth_token_operator_clients 2.0" in text
+
+
+def _get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
