@@ -1,0 +1,81 @@
+"""Two replicas with kopf peering (the chart's mode for replicas > 1): only one acts, so a
+refresh token is never used by two processes at once."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helm import helm_binary
+from tests.integration.test_operator import oauth_client
+from tests.support.cluster import Cluster, eventually
+from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
+from tests.support.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "oauth-token-operator"
+
+
+def test_only_one_of_two_peered_replicas_acts(
+    cluster: Cluster, identity_provider: IdentityProvider, idp_ca_secret: str, tmp_path: Path
+) -> None:
+    rendered = subprocess.run(
+        [
+            str(helm_binary()),
+            "template",
+            "oto",
+            str(CHART),
+            "--namespace",
+            cluster.namespace,
+            "--set",
+            "replicas=2",
+            "--set",
+            f"watchNamespaces={{{cluster.namespace}}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert crds and peerings, "replicas=2 must bring kopf peering"
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
+    for crd in crds:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}")
+    cluster.kubectl("apply", "-n", cluster.namespace, "-f", "-", input=yaml.safe_dump_all(peerings))
+    peering_name = peerings[0]["metadata"]["name"]
+
+    identity_provider.reset_stats()
+    cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
+    replicas = [
+        OperatorProcess(
+            cluster.cp.kubeconfig_path,
+            cluster.namespace,
+            tmp_path / f"replica-{i}.log",
+            ("--peering", peering_name),
+        )
+        for i in range(2)
+    ]
+    for replica in replicas:
+        replica.start()
+    try:
+        # Both must have seen each other before the object appears.
+        eventually(
+            lambda: any("Pausing" in r.logs() for r in replicas),
+            timeout=30,
+            what="one replica pausing in favour of the other",
+        )
+        cluster.apply(oauth_client("api", identity_provider.issuer, "creds"))
+        cluster.wait_ready("api")
+    finally:
+        logs = [r.logs() for r in replicas]
+        for replica in replicas:
+            replica.stop()
+    acted = [log for log in logs if "wrote a token" in log]
+    assert len(acted) == 1, "exactly one replica may exchange and write"
+    assert identity_provider.stats()["tokenRequests"] == 1
