@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from .spec import ClientAuth, GrantType, TokenRequest
 
 MAX_RESPONSE_BYTES = 256 * 1024
+MAX_LIFETIME = 366 * 86400.0
 DISCOVERY_TTL = 3600.0
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
@@ -115,7 +116,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -211,7 +212,8 @@ def parse_token_response(body: bytes, issued_at: float, default_lifetime: float)
             raise malformed(f"has a non-string {name}")
 
     expires_in = payload.get("expires_in")
-    if isinstance(expires_in, str) and expires_in.isdigit():  # some providers send a string
+    if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit():
+        # some providers send a string
         expires_in = int(expires_in)
     if expires_in is not None and (
         isinstance(expires_in, bool)
@@ -224,6 +226,9 @@ def parse_token_response(body: bytes, issued_at: float, default_lifetime: float)
         expires_at = issued_at + float(expires_in)
     else:
         expires_at = jwt_expiry(access_token) or issued_at + default_lifetime
+    # An absurd lifetime (or a JWT exp in year 10000) is held to a year: the token is then
+    # refreshed yearly rather than never, and times stay representable.
+    expires_at = min(expires_at, issued_at + MAX_LIFETIME)
     return Token(
         access_token=access_token,
         token_type=token_type,
@@ -340,6 +345,8 @@ async def check_endpoint(url: str, policy: EndpointPolicy) -> None:
             ) from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # ::ffff:169.254.169.254 reaches the IPv4 address
         if address.is_link_local or address in _METADATA_ADDRESSES:
             raise refuse(f"{address} is a link-local or metadata address")
 

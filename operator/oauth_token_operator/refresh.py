@@ -30,7 +30,7 @@ from .secret_bodies import (
     recorded_token,
     with_refresh_token,
 )
-from .spec import GrantType, OAuthClientSpec, ObjectKey, SpecError, parse
+from .spec import GrantType, OAuthClientSpec, ObjectKey, RefreshPolicy, SpecError, parse
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class ClientState:
     # spec changed after a failure, or the output Secret vanished.
     force: bool = False
     credentials_fingerprint: str | None = None
+    # The refresh time drawn for the current token: ((issued, expires, policy), due).
+    plan: tuple[tuple[float, float, RefreshPolicy], float] | None = None
     # A rotated refresh token that is not yet safely in the credentials Secret.
     unpersisted_refresh_token: str | None = field(default=None, repr=False)
 
@@ -157,7 +159,8 @@ class Refresher:
         spec = state.spec
         recorded: RecordedToken | None = None
         try:
-            creds, ca_pem = await self._read_inputs(spec, state)
+            # The output Secret first: a failure reading the inputs must still know whether
+            # a valid token is in place (Ready stays True while it is).
             output = await self.kube.get_secret(key.namespace, spec.output.name)
             if output is not None and not owned_by(output, spec.uid):
                 raise OAuthError(
@@ -168,6 +171,7 @@ class Refresher:
                 )
             if output is not None:
                 recorded = recorded_token(output, spec.output.access_token_key)
+            creds, ca_pem = await self._read_inputs(spec, state)
             due = self._due_without_exchange(spec, state, recorded)
             if due is not None:
                 assert recorded is not None
@@ -207,13 +211,8 @@ class Refresher:
                 f"{spec.credentials.secret_name} yet; it is kept in memory and retried",
                 None,
             )
-        due = schedule.refresh_at(
-            token.issued_at,
-            token.expires_at,
-            spec.refresh,
-            self.settings.propagation_margin,
-            self.rng,
-        )
+        due = self._plan(spec, state, token.issued_at, token.expires_at)
+
         state.force = False
         log.info(
             "%s: wrote a token valid until %s to Secret %s; next refresh at %s",
@@ -261,14 +260,21 @@ class Refresher:
         cost no provider calls); None when an exchange is needed now."""
         if state.force or recorded is None or recorded.spec_hash != spec.spec_hash:
             return None
-        due = schedule.refresh_at(
-            recorded.issued_at,
-            recorded.expires_at,
-            spec.refresh,
-            self.settings.propagation_margin,
-            self.rng,
-        )
+        due = self._plan(spec, state, recorded.issued_at, recorded.expires_at)
         return due if due > self.clock() else None
+
+    def _plan(
+        self, spec: OAuthClientSpec, state: ClientState, issued_at: float, expires_at: float
+    ) -> float:
+        """The refresh time for a token, drawn once per token: a run that fires at its
+        jittered time must not draw again and find itself not yet due."""
+        key = (issued_at, expires_at, spec.refresh)
+        if state.plan is None or state.plan[0] != key:
+            due = schedule.refresh_at(
+                issued_at, expires_at, spec.refresh, self.settings.propagation_margin, self.rng
+            )
+            state.plan = (key, due)
+        return state.plan[1]
 
     async def _keep_refresh_token(
         self, spec: OAuthClientSpec, state: ClientState, creds: Credentials, token: Token
@@ -307,7 +313,7 @@ class Refresher:
         ns = spec.key.namespace
         async for attempt in tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(4),
-            wait=tenacity.wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, KubeError) and e.conflict),
             reraise=True,
         ):
@@ -432,7 +438,7 @@ async def persist_refresh_token(
     ns, name = spec.key.namespace, spec.credentials.secret_name
     async for attempt in tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(PERSIST_ATTEMPTS),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5.0),
         retry=tenacity.retry_if_exception_type(KubeError),
         reraise=True,
     ):

@@ -59,7 +59,7 @@ def refresh_at(
 
 
 def _jittered_backoff(failures: int, base: float, cap: float, rng: random.Random) -> float:
-    delay = min(cap, base * 2 ** max(failures - 1, 0))
+    delay = min(cap, base * 2 ** min(max(failures - 1, 0), 32))  # bounded: no overflow
     return rng.uniform(delay / 2, delay)
 
 

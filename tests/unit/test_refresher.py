@@ -1,0 +1,657 @@
+"""The Refresher's decisions, with an in-memory Kubernetes and a fake token endpoint.
+
+`refresher._run(key)` is the scheduler's work function; the scheduler loop is not started.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+import tenacity
+
+from oauth_token_operator import schedule
+from oauth_token_operator.config import Settings
+from oauth_token_operator.kube import Kube, KubeError, parse_rfc3339
+from oauth_token_operator.oauth import (
+    Credentials,
+    OAuthError,
+    Outcome,
+    Token,
+    TokenClient,
+    parse_token_response,
+)
+from oauth_token_operator.refresh import Refresher
+from oauth_token_operator.secret_bodies import owned_by
+from oauth_token_operator.spec import (
+    EXPIRES_AT_ANNOTATION,
+    MANAGED_BY_LABEL,
+    ObjectKey,
+    TokenRequest,
+)
+
+NS, NAME, UID = "ml", "app", "uid-app-1"
+KEY = ObjectKey(NS, NAME)
+CREDS_SECRET, OUTPUT_SECRET = "app-creds", "app-token"
+START = 1_700_000_000.0
+LIFETIME = 3600.0
+
+
+def b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def unb64(value: str) -> str:
+    return base64.b64decode(value).decode()
+
+
+class Clock:
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeKube:
+    """The Kubernetes calls refresh.py makes, over plain dicts. resourceVersion increases
+    on every write; a replace with a stale resourceVersion is a 409."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.statuses: dict[ObjectKey, dict[str, Any]] = {}
+        self.status_patches: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []  # type, reason, message
+        self.writes: list[tuple[str, str]] = []  # (verb, secret name), successful or not
+        self.failing: set[str] = set()  # secret names whose writes answer HTTP 500
+        self.failing_reads: set[str] = set()  # secret names whose reads answer HTTP 500
+        self._rv = 0
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def put(self, namespace: str, body: dict[str, Any]) -> None:
+        body = copy.deepcopy(body)
+        body.setdefault("metadata", {})["resourceVersion"] = self._next_rv()
+        self.secrets[namespace, body["metadata"]["name"]] = body
+
+    def data(self, name: str) -> dict[str, str]:
+        return {k: unb64(v) for k, v in self.secrets[NS, name].get("data", {}).items()}
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if name in self.failing_reads:
+            raise KubeError(500, "injected")
+        secret = self.secrets.get((namespace, name))
+        return copy.deepcopy(secret) if secret is not None else None
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        self.writes.append(("create", name))
+        if name in self.failing:
+            raise KubeError(500, "injected")
+        if (namespace, name) in self.secrets:
+            raise KubeError(409, "already exists")
+        self.put(namespace, body)
+        return copy.deepcopy(self.secrets[namespace, name])
+
+    async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        self.writes.append(("replace", name))
+        if name in self.failing:
+            raise KubeError(500, "injected")
+        current = self.secrets.get((namespace, name))
+        if current is None:
+            raise KubeError(404, "not found")
+        rv = body["metadata"].get("resourceVersion")
+        if rv is not None and rv != current["metadata"]["resourceVersion"]:
+            raise KubeError(409, "conflict")
+        self.put(namespace, body)
+        return copy.deepcopy(self.secrets[namespace, name])
+
+    async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+        self.status_patches.append(copy.deepcopy(status))
+        self.statuses.setdefault(key, {}).update(copy.deepcopy(status))
+
+    async def post_event(
+        self, key: ObjectKey, uid: str, type_: str, reason: str, message: str
+    ) -> None:
+        self.events.append((type_, reason, message))
+
+    def ready(self) -> dict[str, Any]:
+        (condition,) = self.statuses[KEY]["conditions"]
+        assert condition["type"] == "Ready"
+        return cast(dict[str, Any], condition)
+
+
+Respond = Callable[[Credentials, float], Token | OAuthError]
+
+
+class FakeTokens:
+    """Records every exchange; by default issues a one-hour token and, for a refresh grant,
+    rotates the refresh token (r1 -> r2 -> r3 ...)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.calls: list[Credentials] = []
+        self.respond: Respond = self.issue
+        self.issued = 0
+
+    def issue(self, creds: Credentials, now: float) -> Token:
+        self.issued += 1
+        rotated = None
+        if creds.refresh_token:
+            rotated = f"r{int(creds.refresh_token[1:]) + 1}"
+        return Token(
+            access_token=f"access-{self.issued}",
+            token_type="Bearer",
+            issued_at=now,
+            expires_at=now + LIFETIME,
+            scope="openid",
+            refresh_token=rotated,
+        )
+
+    async def exchange(
+        self,
+        request: TokenRequest,
+        creds: Credentials,
+        default_lifetime: float,
+        ca_pem: str | None = None,
+    ) -> Token:
+        self.calls.append(creds)
+        result = self.respond(creds, self.clock())
+        if isinstance(result, OAuthError):
+            raise result
+        return result
+
+    @property
+    def refresh_tokens_sent(self) -> list[str | None]:
+        return [c.refresh_token for c in self.calls]
+
+
+def client_body(grant: str = "client_credentials", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "oauth-token-operator.dev/v1alpha1",
+        "kind": "OAuthClient",
+        "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+        "spec": {
+            "tokenEndpoint": "https://idp.example.com/token",
+            "grantType": grant,
+            "clientAuthentication": "client_secret_post",
+            "credentialsSecretRef": {"name": CREDS_SECRET},
+            "scopes": ["openid"],
+            **spec,
+        },
+    }
+    return body
+
+
+class World:
+    def __init__(self, grant: str = "client_credentials") -> None:
+        self.clock = Clock()
+        self.kube = FakeKube()
+        self.grant = grant
+        data = {"client_id": "id-1", "client_secret": "secret-1"}
+        if grant == "refresh_token":
+            data["refresh_token"] = "r1"
+        self.kube.put(
+            NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": CREDS_SECRET, "namespace": NS},
+                "data": {k: b64(v) for k, v in data.items()},
+            },
+        )
+        self.tokens = FakeTokens(self.clock)
+        self.refresher = self.new_refresher()
+
+    def new_refresher(self) -> Refresher:
+        return Refresher(
+            cast(Kube, self.kube),
+            cast(TokenClient, self.tokens),
+            Settings(concurrency=4, propagation_margin=90.0),
+            clock=self.clock,
+        )
+
+    def body(self, **spec: Any) -> dict[str, Any]:
+        body = client_body(self.grant, **spec)
+        if KEY in self.kube.statuses:
+            body["status"] = copy.deepcopy(self.kube.statuses[KEY])
+        return body
+
+    async def start(self) -> float | None:
+        await self.refresher.observe(self.body())
+        return await self.refresher._run(KEY)
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kubernetes write retries without real sleeping."""
+    monkeypatch.setattr(tenacity, "wait_exponential_jitter", lambda **_: tenacity.wait_none())
+
+
+# --- first run and restarts ---------------------------------------------------------------
+
+
+async def test_first_run_writes_an_owned_secret_and_ready_status() -> None:
+    world = World()
+    due = await world.start()
+
+    assert len(world.tokens.calls) == 1
+    assert world.tokens.calls[0].client_id == "id-1"
+    assert world.tokens.calls[0].client_secret == "secret-1"
+
+    secret = world.kube.secrets[NS, OUTPUT_SECRET]
+    assert owned_by(secret, UID)
+    assert secret["metadata"]["labels"][MANAGED_BY_LABEL] == "oauth-token-operator"
+    data = world.kube.data(OUTPUT_SECRET)
+    assert data["access_token"] == "access-1"
+    assert data["token_type"] == "Bearer"
+    expires = START + LIFETIME
+    assert parse_rfc3339(data["expires_at"]) == expires
+    assert parse_rfc3339(secret["metadata"]["annotations"][EXPIRES_AT_ANNOTATION]) == expires
+
+    condition = world.kube.ready()
+    assert condition["status"] == "True"
+    assert condition["observedGeneration"] == 1
+    status = world.kube.statuses[KEY]
+    assert parse_rfc3339(status["expiresAt"]) == expires
+    assert status["secretName"] == OUTPUT_SECRET
+    assert status["consecutiveFailures"] == 0
+
+    # Due at the 33 % rule (jitter only earlier), comfortably before expiry.
+    assert due is not None
+    assert START + 60 < due <= expires - 0.33 * LIFETIME + 1
+    assert parse_rfc3339(status["nextRefreshTime"]) == pytest.approx(due, abs=1)
+    assert [e[0] for e in world.kube.events] == ["Normal"]
+
+
+async def test_second_run_before_due_does_not_exchange() -> None:
+    world = World()
+    first_due = await world.start()
+    assert first_due is not None
+    patches = len(world.kube.status_patches)
+    world.clock.now += 300
+
+    due = await world.refresher._run(KEY)
+
+    assert len(world.tokens.calls) == 1
+    assert due is not None and world.clock.now < due < START + LIFETIME
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-1"
+    assert len(world.kube.status_patches) == patches  # nothing new to say
+
+
+async def test_restart_reuses_the_token_in_the_secret() -> None:
+    world = World()
+    await world.start()
+    writes = list(world.kube.writes)
+    patches = len(world.kube.status_patches)
+    world.clock.now += 600
+
+    # A new operator process: fresh Refresher and token client, same cluster.
+    world.tokens = FakeTokens(world.clock)
+    world.refresher = world.new_refresher()
+    await world.refresher.observe(world.body())
+    due = await world.refresher._run(KEY)
+
+    assert world.tokens.calls == []
+    assert due is not None and world.clock.now < due < START + LIFETIME
+    assert world.kube.writes == writes
+    assert len(world.kube.status_patches) == patches
+
+
+async def test_restart_after_due_time_exchanges() -> None:
+    world = World()
+    await world.start()
+    world.clock.now += LIFETIME * 0.9
+    world.tokens = FakeTokens(world.clock)
+    world.refresher = world.new_refresher()
+    await world.refresher.observe(world.body())
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 1
+
+
+async def test_spec_change_of_scopes_exchanges_but_policy_change_does_not() -> None:
+    world = World()
+    await world.start()
+    world.clock.now += 60
+
+    policy_only = world.body(refresh={"renewBeforePercentage": 50})
+    policy_only["metadata"]["generation"] = 2
+    await world.refresher.observe(policy_only)
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 1
+
+    scopes = world.body(scopes=["openid", "email"])
+    scopes["metadata"]["generation"] = 3
+    await world.refresher.observe(scopes)
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 2
+    assert world.kube.ready()["observedGeneration"] == 3
+
+
+async def test_secret_owned_by_someone_else_is_not_overwritten() -> None:
+    world = World()
+    world.kube.put(
+        NS,
+        {"metadata": {"name": OUTPUT_SECRET, "namespace": NS}, "data": {"x": b64("theirs")}},
+    )
+    due = await world.start()
+    assert world.tokens.calls == []
+    assert world.kube.data(OUTPUT_SECRET) == {"x": "theirs"}
+    assert world.kube.ready()["status"] == "False"
+    assert due is not None and due - world.clock.now >= schedule.HUMAN_RETRY_BASE / 2
+
+
+# --- refresh-token rotation ---------------------------------------------------------------
+
+
+async def test_rotated_refresh_token_is_persisted_before_the_output_secret() -> None:
+    world = World("refresh_token")
+    await world.start()
+
+    assert world.tokens.refresh_tokens_sent == ["r1"]
+    assert world.kube.writes == [("replace", CREDS_SECRET), ("create", OUTPUT_SECRET)]
+    creds = world.kube.data(CREDS_SECRET)
+    assert creds["refresh_token"] == "r2"
+    assert creds["client_secret"] == "secret-1"  # other keys kept
+    assert world.kube.ready()["status"] == "True"
+
+    # The next refresh uses the new refresh token.
+    world.clock.now += LIFETIME - 60
+    await world.refresher._run(KEY)
+    assert world.tokens.refresh_tokens_sent == ["r1", "r2"]
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r3"
+
+
+async def test_failed_persist_keeps_token_in_memory_and_never_reuses_the_old_one(
+    no_backoff: None,
+) -> None:
+    world = World("refresh_token")
+    world.kube.failing.add(CREDS_SECRET)
+
+    due = await world.start()
+
+    # The access token is still delivered ...
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-1"
+    # ... after the refresh token write was tried (and failed).
+    first_output = world.kube.writes.index(("create", OUTPUT_SECRET))
+    assert ("replace", CREDS_SECRET) in world.kube.writes[:first_output]
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r1"
+    condition = world.kube.ready()
+    assert "RefreshTokenNotPersisted" in condition["reason"] + condition["message"]
+    assert "r2" not in condition["message"]
+    assert due is not None and due - world.clock.now <= schedule.BACKOFF_CAP
+
+    # Next run, still failing: no exchange with r1 (the provider would revoke the grant).
+    world.clock.now = due
+    due = await world.refresher._run(KEY)
+    assert world.tokens.refresh_tokens_sent == ["r1"]
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r1"
+
+    # The API server recovers: the token in hand is written first, without an exchange.
+    world.kube.failing.clear()
+    assert due is not None
+    world.clock.now = due
+    world.kube.writes.clear()
+    await world.refresher._run(KEY)
+    assert world.kube.writes[0] == ("replace", CREDS_SECRET)
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r2"
+    assert world.tokens.refresh_tokens_sent == ["r1"]
+    assert world.kube.ready()["status"] == "True"
+
+    # And the next refresh uses r2.
+    world.clock.now = START + LIFETIME - 30
+    await world.refresher._run(KEY)
+    assert world.tokens.refresh_tokens_sent == ["r1", "r2"]
+
+
+async def test_failed_persist_next_run_when_due_exchanges_with_the_new_token(
+    no_backoff: None,
+) -> None:
+    world = World("refresh_token")
+    world.kube.failing.add(CREDS_SECRET)
+    await world.start()
+    world.kube.failing.clear()
+    world.clock.now = START + LIFETIME - 30  # due by now: an exchange is needed
+
+    await world.refresher._run(KEY)
+
+    assert world.tokens.refresh_tokens_sent == ["r1", "r2"]
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r3"
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-2"
+
+
+# --- failures -----------------------------------------------------------------------------
+
+
+def invalid_client(creds: Credentials, now: float) -> OAuthError:
+    return OAuthError(
+        Outcome.NEEDS_HUMAN, "InvalidClient", "token endpoint answered invalid_client"
+    )
+
+
+async def test_invalid_client_is_reported_once_and_retried_slowly() -> None:
+    world = World()
+    world.tokens.respond = invalid_client
+
+    due = await world.start()
+    condition = world.kube.ready()
+    assert condition["status"] == "False"
+    assert condition["reason"] == "InvalidClient"
+    assert due is not None and due - world.clock.now >= schedule.HUMAN_RETRY_BASE / 2
+    assert (NS, OUTPUT_SECRET) not in world.kube.secrets
+
+    for _ in range(3):
+        assert due is not None
+        world.clock.now = due
+        due = await world.refresher._run(KEY)
+        assert due is not None and due - world.clock.now >= schedule.HUMAN_RETRY_BASE / 2
+
+    warnings = [e for e in world.kube.events if e[0] == "Warning"]
+    assert [e[1] for e in warnings] == ["InvalidClient"]
+    assert world.kube.statuses[KEY]["consecutiveFailures"] == 4
+    assert len(world.tokens.calls) == 4
+    assert "secret-1" not in str(world.kube.events) + str(world.kube.statuses)
+
+
+async def test_transient_failure_with_valid_token_stays_ready() -> None:
+    world = World()
+    await world.start()
+    # Past the latest due time the 33 % rule allows (each run re-rolls the jitter).
+    world.clock.now = START + LIFETIME * (1 - 0.33) + 5
+    world.tokens.respond = lambda creds, now: OAuthError(
+        Outcome.TRANSIENT, "ProviderUnavailable", "token endpoint answered HTTP 503"
+    )
+
+    due = await world.refresher._run(KEY)
+
+    condition = world.kube.ready()
+    assert condition["status"] == "True"
+    assert condition["reason"] == "RefreshRetrying"
+    assert "ProviderUnavailable" in condition["message"]
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-1"  # kept
+    assert due is not None and 0 < due - world.clock.now <= schedule.BACKOFF_BASE
+    assert world.kube.statuses[KEY]["consecutiveFailures"] == 1
+
+
+async def test_kubernetes_error_reading_credentials_keeps_a_valid_token_ready() -> None:
+    """A transient API error is a failed refresh like any other: while the token in the
+    output Secret is valid, Ready stays True with reason RefreshRetrying."""
+    world = World()
+    await world.start()
+    world.clock.now = START + LIFETIME * (1 - 0.33) + 5  # due
+    world.kube.failing_reads.add(CREDS_SECRET)
+
+    due = await world.refresher._run(KEY)
+
+    assert world.tokens.calls[1:] == []
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-1"
+    assert due is not None and 0 < due - world.clock.now <= schedule.BACKOFF_BASE
+    condition = world.kube.ready()
+    assert (condition["status"], condition["reason"]) == ("True", "RefreshRetrying")
+
+
+async def test_restart_does_not_repeat_the_warning_event() -> None:
+    world = World()
+    world.tokens.respond = invalid_client
+    await world.start()
+    assert [e[1] for e in world.kube.events] == ["InvalidClient"]
+
+    world.clock.now += schedule.HUMAN_RETRY_CAP
+    world.refresher = world.new_refresher()
+    await world.refresher.observe(world.body())  # carries the status written before
+    await world.refresher._run(KEY)
+    assert [e[1] for e in world.kube.events] == ["InvalidClient"]
+    assert world.kube.ready()["reason"] == "InvalidClient"
+
+
+async def test_transient_failure_without_a_token_is_not_ready() -> None:
+    world = World()
+    world.tokens.respond = lambda creds, now: OAuthError(
+        Outcome.TRANSIENT, "ProviderUnreachable", "timed out"
+    )
+    due = await world.start()
+    assert world.kube.ready()["status"] == "False"
+    assert world.kube.ready()["reason"] == "ProviderUnreachable"
+    assert due is not None and due - world.clock.now <= schedule.BACKOFF_BASE
+
+
+async def test_expired_token_with_transient_failure_is_not_ready() -> None:
+    world = World()
+    await world.start()
+    world.clock.now = START + LIFETIME + 10
+    world.tokens.respond = lambda creds, now: OAuthError(
+        Outcome.TRANSIENT, "ProviderUnavailable", "HTTP 503"
+    )
+    await world.refresher._run(KEY)
+    assert world.kube.ready()["status"] == "False"
+
+
+async def test_missing_credentials_secret_is_reported() -> None:
+    world = World()
+    del world.kube.secrets[NS, CREDS_SECRET]
+    due = await world.start()
+    assert world.tokens.calls == []
+    assert world.kube.ready()["reason"] == "CredentialsNotFound"
+    assert due is not None and due > world.clock.now
+
+
+async def test_invalid_spec_is_reported_and_not_scheduled() -> None:
+    world = World()
+    await world.refresher.observe(world.body(issuer="https://also.example.com"))
+    assert world.kube.ready()["reason"] == "InvalidSpec"
+    assert "exactly one" in world.kube.ready()["message"]
+    assert world.refresher.scheduler.due_time(KEY) is None
+    assert await world.refresher._run(KEY) is None
+    assert world.tokens.calls == []
+
+
+async def test_absurd_token_lifetime_does_not_crash_the_run() -> None:
+    """A provider that answers with an enormous expires_in must not make the run raise (the
+    scheduler would then re-run it every 60 s, exchanging each time, with no status)."""
+    world = World()
+    world.tokens.respond = lambda creds, now: parse_token_response(
+        b'{"access_token": "a", "expires_in": 100000000000000}', now, 3600.0
+    )
+    due = await world.start()
+    assert due is not None
+    assert KEY in world.kube.statuses
+
+
+# --- Secret changes -----------------------------------------------------------------------
+
+
+async def run_and_schedule(world: World) -> float:
+    due = await world.refresher._run(KEY)
+    assert due is not None
+    world.refresher.scheduler.schedule(KEY, due)  # what the scheduler does with the answer
+    return due
+
+
+async def test_own_rotation_write_does_not_trigger_a_run() -> None:
+    world = World("refresh_token")
+    await world.refresher.observe(world.body())
+    due = await run_and_schedule(world)
+    world.clock.now += 5
+
+    # The watch reports the credentials Secret we just wrote (refresh token r2).
+    creds_secret = await world.kube.get_secret(NS, CREDS_SECRET)
+    world.refresher.secret_changed(NS, CREDS_SECRET, creds_secret)
+    assert world.refresher.scheduler.due_time(KEY) == due
+
+    # Unrelated Secrets and our own output Secret do not trigger either.
+    world.refresher.secret_changed(NS, "unrelated", {"data": {}})
+    world.refresher.secret_changed(
+        NS, OUTPUT_SECRET, await world.kube.get_secret(NS, OUTPUT_SECRET)
+    )
+    assert world.refresher.scheduler.due_time(KEY) == due
+
+
+async def test_changed_credentials_trigger_a_prompt_exchange() -> None:
+    world = World()
+    await world.refresher.observe(world.body())
+    due = await run_and_schedule(world)
+    world.clock.now += 5
+
+    creds_secret = await world.kube.get_secret(NS, CREDS_SECRET)
+    assert creds_secret is not None
+    creds_secret["data"]["client_secret"] = b64("secret-2")
+    world.kube.put(NS, creds_secret)
+    world.refresher.secret_changed(NS, CREDS_SECRET, creds_secret)
+
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now < due
+    await world.refresher._run(KEY)
+    assert [c.client_secret for c in world.tokens.calls] == ["secret-1", "secret-2"]
+
+
+async def test_fixed_credentials_after_invalid_client_retry_at_once() -> None:
+    world = World()
+    world.tokens.respond = invalid_client
+    await world.refresher.observe(world.body())
+    await run_and_schedule(world)
+
+    creds_secret = await world.kube.get_secret(NS, CREDS_SECRET)
+    assert creds_secret is not None
+    creds_secret["data"]["client_id"] = b64("id-2")
+    world.kube.put(NS, creds_secret)
+    world.refresher.secret_changed(NS, CREDS_SECRET, creds_secret)
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now
+
+    world.tokens.respond = world.tokens.issue
+    await world.refresher._run(KEY)
+    assert world.kube.ready()["status"] == "True"
+    assert [e[:2] for e in world.kube.events] == [
+        ("Warning", "InvalidClient"),
+        ("Normal", "TokenIssued"),
+    ]
+
+
+async def test_deleted_output_secret_triggers_a_new_token() -> None:
+    world = World()
+    await world.refresher.observe(world.body())
+    due = await run_and_schedule(world)
+    world.clock.now += 5
+
+    del world.kube.secrets[NS, OUTPUT_SECRET]
+    world.refresher.secret_changed(NS, OUTPUT_SECRET, None)
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now < due
+
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 2
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-2"
+
+
+async def test_forget_stops_scheduling() -> None:
+    world = World()
+    await world.refresher.observe(world.body())
+    await run_and_schedule(world)
+    world.refresher.forget(KEY)
+    assert world.refresher.scheduler.due_time(KEY) is None
+    assert await world.refresher._run(KEY) is None
+    world.refresher.secret_changed(NS, CREDS_SECRET, None)  # no longer a reader: no error
+    assert world.refresher.scheduler.due_time(KEY) is None

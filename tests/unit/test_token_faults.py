@@ -1,0 +1,337 @@
+"""TokenClient.exchange against a hand-written fake token endpoint on loopback that
+misbehaves on purpose: errors, rate limits, slowness, huge bodies, redirects, discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from oauth_token_operator import oauth
+from oauth_token_operator.oauth import (
+    Credentials,
+    EndpointPolicy,
+    OAuthError,
+    Outcome,
+    TokenClient,
+)
+from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, TokenRequest
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[[Request, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class FakeIdP:
+    """A tiny HTTP/1.1 server: one request per connection, routes by (method, path)."""
+
+    routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    port: int = 0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for r in self.requests if (r.method, r.path) == (method, path))
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    name, value = line.split(":", 1)
+                    headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            request = Request(method, path, headers, body)
+            self.requests.append(request)
+            handler = self.routes.get((method, path), not_found)
+            await handler(request, writer)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def response(
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> Handler:
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        all_headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+            **(headers or {}),
+        }
+        head = f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in all_headers.items())
+        writer.write(head.encode("latin-1") + b"\r\n" + body)
+
+    return handler
+
+
+not_found = response(404, b"{}")
+
+
+def token_json(access_token: str = "at-1", expires_in: int = 3600) -> bytes:
+    return json.dumps(
+        {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}
+    ).encode()
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[FakeIdP]:
+    fake = FakeIdP()
+    server = await asyncio.start_server(fake.serve, "127.0.0.1", 0)
+    fake.port = server.sockets[0].getsockname()[1]
+    try:
+        yield fake
+    finally:
+        server.close()
+        for task in list(fake._tasks):
+            task.cancel()
+        await asyncio.gather(*fake._tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TokenClient]:
+    tokens = TokenClient(EndpointPolicy(allow_http=True))
+    try:
+        yield tokens
+    finally:
+        await tokens.aclose()
+
+
+def direct(idp: FakeIdP, path: str = "/token") -> TokenRequest:
+    return TokenRequest(
+        endpoint=Endpoint(token_endpoint=idp.base + path),
+        grant_type=GrantType.CLIENT_CREDENTIALS,
+        client_auth=ClientAuth.BASIC,
+        scopes=("openid",),
+    )
+
+
+def discovered(idp: FakeIdP) -> TokenRequest:
+    return TokenRequest(
+        endpoint=Endpoint(issuer=idp.base),
+        grant_type=GrantType.CLIENT_CREDENTIALS,
+        client_auth=ClientAuth.POST,
+    )
+
+
+CREDS = Credentials("client-1", "s3cret")
+
+
+async def exchange(client: TokenClient, request: TokenRequest) -> OAuthError:
+    with pytest.raises(OAuthError) as err:
+        await asyncio.wait_for(client.exchange(request, CREDS, 3600.0), 5)
+    return err.value
+
+
+async def test_success_sends_the_client_credentials(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(200, token_json("at-ok", 120))
+    token = await client.exchange(direct(idp), CREDS, 3600.0)
+    assert token.access_token == "at-ok"
+    assert token.expires_at - token.issued_at == pytest.approx(120)
+    (request,) = idp.requests
+    assert request.headers["authorization"].startswith("Basic ")
+    assert b"grant_type=client_credentials" in request.body
+    assert b"scope=openid" in request.body
+    assert b"s3cret" not in request.body  # basic auth: the secret is only in the header
+
+
+async def test_500_is_transient(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(500, b"internal error", content_type="text/plain")
+    err = await exchange(client, direct(idp))
+    assert err.outcome is Outcome.TRANSIENT
+    assert "500" in err.message
+
+
+async def test_429_retry_after_is_passed_on(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(
+        429, b'{"error": "slow_down"}', headers={"Retry-After": "7"}
+    )
+    err = await exchange(client, direct(idp))
+    assert err.outcome is Outcome.TRANSIENT
+    assert err.reason == "RateLimited"
+    assert err.retry_after == 7.0
+
+
+async def test_invalid_client_needs_a_human(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(
+        401, b'{"error": "invalid_client", "error_description": "unknown client"}'
+    )
+    err = await exchange(client, direct(idp))
+    assert err.outcome is Outcome.NEEDS_HUMAN
+    assert err.reason == "InvalidClient"
+    assert "s3cret" not in err.message
+
+
+async def test_slow_answer_times_out_as_unreachable(
+    idp: FakeIdP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oauth, "REQUEST_TIMEOUT", httpx.Timeout(0.3))
+
+    async def slow(request: Request, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(3)
+        await response(200, token_json())(request, writer)
+
+    idp.routes["POST", "/token"] = slow
+    tokens = TokenClient(EndpointPolicy(allow_http=True))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        err = await exchange(tokens, direct(idp))
+        assert loop.time() - started < 2
+    finally:
+        await tokens.aclose()
+    assert err.outcome is Outcome.TRANSIENT
+    assert err.reason == "ProviderUnreachable"
+
+
+async def test_oversized_body_is_refused_without_reading_it_all(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    sent = 0
+
+    async def endless(request: Request, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+        )
+        chunk = b'{"access_token": "' + b"a" * 65536
+        while True:  # never ends: only a client that stops reading gets out
+            writer.write(chunk)
+            sent += len(chunk)
+            await writer.drain()
+
+    idp.routes["POST", "/token"] = endless
+    err = await exchange(client, direct(idp))
+    assert err.reason == "MalformedResponse"
+    assert str(oauth.MAX_RESPONSE_BYTES) in err.message
+    assert sent >= oauth.MAX_RESPONSE_BYTES
+
+
+async def test_declared_oversized_body_is_refused(idp: FakeIdP, client: TokenClient) -> None:
+    body = json.dumps({"access_token": "a" * (oauth.MAX_RESPONSE_BYTES + 10)}).encode()
+    idp.routes["POST", "/token"] = response(200, body)
+    err = await exchange(client, direct(idp))
+    assert err.reason == "MalformedResponse"
+
+
+async def test_malformed_json_is_malformed_response(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(200, b'{"access_token": "x", ')
+    err = await exchange(client, direct(idp))
+    assert err.outcome is Outcome.TRANSIENT
+    assert err.reason == "MalformedResponse"
+
+
+async def test_redirect_is_not_followed(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(302, b"", headers={"Location": idp.base + "/elsewhere"})
+    idp.routes["POST", "/elsewhere"] = response(200, token_json())
+    idp.routes["GET", "/elsewhere"] = response(200, token_json())
+    err = await exchange(client, direct(idp))
+    assert "302" in err.message
+    assert [r.path for r in idp.requests] == ["/token"]  # credentials went nowhere else
+
+
+async def test_connection_refused_is_transient(client: TokenClient) -> None:
+    # A port nobody listens on: bind, note it, close.
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    request = TokenRequest(
+        endpoint=Endpoint(token_endpoint=f"http://127.0.0.1:{port}/token"),
+        grant_type=GrantType.CLIENT_CREDENTIALS,
+        client_auth=ClientAuth.BASIC,
+    )
+    err = await exchange(client, request)
+    assert err.outcome is Outcome.TRANSIENT
+    assert err.reason == "ProviderUnreachable"
+
+
+async def test_discovery_with_mismatched_issuer_fails(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["GET", "/.well-known/openid-configuration"] = response(
+        200,
+        json.dumps(
+            {"issuer": "https://evil.example.com", "token_endpoint": idp.base + "/token"}
+        ).encode(),
+    )
+    idp.routes["POST", "/token"] = response(200, token_json())
+    err = await exchange(client, discovered(idp))
+    assert err.reason == "DiscoveryFailed"
+    assert err.outcome is Outcome.NEEDS_HUMAN
+    assert idp.count("POST", "/token") == 0  # no credentials sent to an unverified endpoint
+
+
+async def test_discovery_is_cached(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["GET", "/.well-known/openid-configuration"] = response(
+        200,
+        json.dumps({"issuer": idp.base, "token_endpoint": idp.base + "/connect/token"}).encode(),
+    )
+    idp.routes["POST", "/connect/token"] = response(200, token_json())
+    first = await client.exchange(discovered(idp), CREDS, 3600.0)
+    second = await client.exchange(discovered(idp), CREDS, 3600.0)
+    assert first.access_token == second.access_token == "at-1"
+    assert idp.count("GET", "/.well-known/openid-configuration") == 1
+    assert idp.count("POST", "/connect/token") == 2
+    post = idp.requests[-1]
+    assert b"client_secret=s3cret" in post.body  # client_secret_post
+
+
+async def test_discovery_falls_back_to_rfc8414(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["GET", "/.well-known/oauth-authorization-server"] = response(
+        200, json.dumps({"issuer": idp.base, "token_endpoint": idp.base + "/t"}).encode()
+    )
+    idp.routes["POST", "/t"] = response(200, token_json())
+    token = await client.exchange(discovered(idp), CREDS, 3600.0)
+    assert token.access_token == "at-1"
+
+
+async def test_discovery_without_documents_fails(idp: FakeIdP, client: TokenClient) -> None:
+    err = await exchange(client, discovered(idp))
+    assert err.reason == "DiscoveryFailed"
+
+
+async def test_429_with_garbled_retry_after_is_still_an_oauth_error(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    """A header byte 0xB2 decodes (latin-1) to '²', which str.isdigit() accepts."""
+
+    async def garbled(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 429 X\r\nRetry-After: \xb2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+
+    idp.routes["POST", "/token"] = garbled
+    err = await exchange(client, direct(idp))
+    assert err.reason == "RateLimited"
