@@ -54,7 +54,7 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
             await memo.refresher.observe(event["object"])
 
     @kopf.on.event("", "v1", "secrets", id="secret", registry=registry)
-    def secret_event(
+    async def secret_event(  # async: kopf runs plain functions in a thread pool
         event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
     ) -> None:
         deleted = event["type"] == "DELETED"
