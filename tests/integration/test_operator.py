@@ -219,11 +219,7 @@ def test_invalid_client_needs_a_human_and_recovers_when_credentials_change(
     identity_provider.reset_stats()
     cluster.apply(oauth_client("bad", identity_provider.issuer, "creds"))
 
-    def failed() -> dict[str, Any] | None:
-        ready = cluster.ready("bad")
-        return ready if ready and ready["status"] == "False" else None
-
-    ready = eventually(failed, timeout=30, what="Ready=False")
+    ready = cluster.wait_not_ready("bad")
     assert ready["reason"] == "InvalidClient"
     assert "invalid_client" in ready["message"]
     events = cluster.events("bad")
@@ -253,11 +249,7 @@ def test_secret_not_owned_is_left_untouched(
         oauth_client("thief", identity_provider.issuer, "creds", secret={"name": "precious"})
     )
 
-    def failed() -> dict[str, Any] | None:
-        ready = cluster.ready("thief")
-        return ready if ready and ready["status"] == "False" else None
-
-    assert eventually(failed, timeout=30)["reason"] == "SecretNotOwned"
+    assert cluster.wait_not_ready("thief")["reason"] == "SecretNotOwned"
     after = cluster.get("secret", "precious")
     assert after is not None and before is not None
     assert after["data"] == before["data"]
@@ -299,11 +291,7 @@ def test_credentials_cannot_come_from_another_namespace(
     )
     cluster.apply(oauth_client("x", identity_provider.issuer, "creds"))
 
-    def failed() -> dict[str, Any] | None:
-        ready = cluster.ready("x")
-        return ready if ready and ready["status"] == "False" else None
-
-    assert eventually(failed, timeout=30)["reason"] == "CredentialsNotFound"
+    assert cluster.wait_not_ready("x")["reason"] == "CredentialsNotFound"
     assert cluster.get("secret", "x-token") is None
 
 

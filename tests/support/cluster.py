@@ -67,6 +67,15 @@ class Cluster:
         assert obj is not None
         return obj
 
+    def wait_not_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Waits for Ready=False and returns the condition."""
+
+        def failed() -> dict[str, Any] | None:
+            ready = self.ready(name)
+            return ready if ready and ready["status"] == "False" else None
+
+        return eventually(failed, timeout=timeout, what=f"{name} Ready=False")
+
     def events(self, name: str) -> list[dict[str, Any]]:
         result = self.kubectl(
             "get",
