@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helm import BUILD_TIMEOUT, helm_binary
+from tests.helm import helm_binary
+from tests.support.cached_build import BUILD_TIMEOUT
 from tests.support.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUILD_TIMEOUT + 300)]

@@ -3,13 +3,12 @@ refresh token is never used by two processes at once."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helm import helm_binary
+from tests.helm import render_chart
 from tests.integration.test_operator import oauth_client
 from tests.support.cluster import Cluster, eventually
 from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
@@ -17,30 +16,13 @@ from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "oauth-token-operator"
-
 
 def test_only_one_of_two_peered_replicas_acts(
     cluster: Cluster, identity_provider: IdentityProvider, idp_ca_secret: str, tmp_path: Path
 ) -> None:
-    rendered = subprocess.run(
-        [
-            str(helm_binary()),
-            "template",
-            "oto",
-            str(CHART),
-            "--namespace",
-            cluster.namespace,
-            "--set",
-            "replicas=2",
-            "--set",
-            f"watchNamespaces={{{cluster.namespace}}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    docs = render_chart(
+        "oto", cluster.namespace, "replicas=2", f"watchNamespaces={{{cluster.namespace}}}"
+    )
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     peerings = [d for d in docs if d["kind"] == "KopfPeering"]
     assert crds and peerings, "replicas=2 must bring kopf peering"

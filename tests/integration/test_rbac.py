@@ -4,13 +4,12 @@ client certificate whose user name is the chart's service account, so the chart'
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helm import helm_binary
+from tests.helm import render_chart
 from tests.integration.test_operator import oauth_client
 from tests.support.cluster import Cluster
 from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
@@ -18,7 +17,6 @@ from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "oauth-token-operator"
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
@@ -27,22 +25,8 @@ def test_operator_works_under_the_charts_namespaced_rbac(
 ) -> None:
     release_ns = "op" + cluster.namespace[1:]  # short: the user name is a 64-char CN
     cluster.kubectl("create", "namespace", release_ns)
-    rendered = subprocess.run(
-        [
-            str(helm_binary()),
-            "template",
-            "oto",
-            str(CHART),
-            "--namespace",
-            release_ns,
-            "--set",
-            f"watchNamespaces={{{cluster.namespace}}}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+    docs = render_chart("oto", release_ns, f"watchNamespaces={{{cluster.namespace}}}")
+    rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
     assert {d["kind"] for d in rbac} >= {"ServiceAccount", "Role", "RoleBinding"}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
     account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]

@@ -14,8 +14,6 @@ import atexit
 import base64
 import contextlib
 import ctypes
-import fcntl
-import os
 import re
 import shutil
 import signal
@@ -36,11 +34,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.cached_build import run_build
 from tests.support.pki import KeyPair, TestCA
 
 _REPO = Path(__file__).resolve().parents[2]
 _BUILD_SCRIPT = _REPO / "tests" / "controlplane" / "build.sh"
-_BUILD_TIMEOUT = 30 * 60  # a cold build compiles kube-apiserver: minutes on a small machine
 _STOP_TIMEOUT = 10.0
 _LOG_TAIL_LINES = 40
 
@@ -59,28 +57,11 @@ class KubectlError(subprocess.CalledProcessError):
 
 
 def _build_binaries() -> Path:
-    """Runs build.sh (a no-op on a warm cache) and returns the directory it prints.
-
-    A file lock serialises concurrent callers (pytest-xdist workers, parallel sessions):
-    build.sh writes to a fixed temporary directory and two cold builds would collide.
-    """
-    cache = Path(
-        os.environ.get("OAUTH_TOKEN_OPERATOR_CACHE", Path.home() / ".cache/oauth-token-operator")
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    with (cache / "controlplane-build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # stderr is inherited so that a cold build's progress is visible with `pytest -s`.
-        result = subprocess.run(
-            [str(_BUILD_SCRIPT)],
-            stdout=subprocess.PIPE,
-            text=True,
-            check=False,
-            timeout=_BUILD_TIMEOUT,
-        )
-    if result.returncode != 0:
-        raise ControlPlaneError(f"{_BUILD_SCRIPT} failed with exit code {result.returncode}")
-    return Path(result.stdout.strip().splitlines()[-1])
+    """The directory holding kube-apiserver, etcd and kubectl, built on first use."""
+    try:
+        return run_build(_BUILD_SCRIPT, "controlplane-build.lock")
+    except RuntimeError as exc:
+        raise ControlPlaneError(str(exc)) from None
 
 
 def _free_port() -> int:

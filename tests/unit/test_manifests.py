@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helm import BUILD_TIMEOUT, helm_binary
+from tests.helm import helm_binary
+from tests.support.cached_build import BUILD_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "oauth-token-operator"
