@@ -18,7 +18,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_only_one_of_two_peered_replicas_acts(
-    cluster: Cluster, identity_provider: IdentityProvider, idp_ca_secret: str, tmp_path: Path
+    cluster: Cluster,
+    identity_provider: IdentityProvider,
+    idp_ca_secret: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     docs = render_chart(
         "oto", cluster.namespace, "replicas=2", f"watchNamespaces={{{cluster.namespace}}}"
@@ -26,7 +30,15 @@ def test_only_one_of_two_peered_replicas_acts(
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     peerings = [d for d in docs if d["kind"] == "KopfPeering"]
     assert crds and peerings, "replicas=2 must bring kopf peering"
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
+    created = [d for d in crds if cluster.get("crd", d["metadata"]["name"]) is None]
+    if created:
+        # Removed again at the end, so that a later `helm install` of the chart can own them.
+        request.addfinalizer(
+            lambda: cluster.kubectl(
+                "delete", "-f", "-", "--wait=true", input=yaml.safe_dump_all(created)
+            )
+        )
+        cluster.kubectl("create", "-f", "-", input=yaml.safe_dump_all(created))
     for crd in crds:
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd['metadata']['name']}")
     cluster.kubectl("apply", "-n", cluster.namespace, "-f", "-", input=yaml.safe_dump_all(peerings))
