@@ -421,3 +421,45 @@ def _get(url: str) -> httpx.Response | None:
         return httpx.get(url, timeout=2)
     except httpx.HTTPError:
         return None
+
+
+def test_deleted_token_secret_and_spec_changes_are_acted_on_at_once(
+    cluster: Cluster,
+    identity_provider: IdentityProvider,
+    idp_ca_secret: str,
+    operator_process: OperatorProcess,
+) -> None:
+    cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
+    cluster.apply(oauth_client("api", identity_provider.issuer, "creds", scopes=["openid"]))
+    cluster.wait_ready("api")
+
+    cluster.kubectl("delete", "secret", "api-token", "-n", cluster.namespace)
+    recreated = eventually(
+        lambda: cluster.secret_data("api-token"), timeout=15, what="the deleted token Secret back"
+    )
+    assert claims(recreated["access_token"])["client_id"] == CC_BASIC
+
+    # A scope change needs a new token now, not at the next scheduled refresh.
+    cluster.apply(
+        oauth_client("api", identity_provider.issuer, "creds", scopes=["openid", "email"])
+    )
+    widened = eventually(
+        lambda: (
+            "email"
+            in claims((cluster.secret_data("api-token") or {}).get("access_token", "a.e30.c")).get(
+                "scope", ""
+            )
+        ),
+        timeout=15,
+        what="a token with the new scope",
+    )
+    assert widened
+    obj = cluster.get("oauthclient", "api")
+    assert obj is not None
+    eventually(
+        lambda: (
+            (cluster.get("oauthclient", "api") or {}).get("status", {}).get("observedGeneration")
+            == obj["metadata"]["generation"]
+        ),
+        timeout=10,
+    )
