@@ -171,7 +171,7 @@ class Refresher:
                 )
             if output is not None:
                 recorded = recorded_token(output, spec.output.access_token_key)
-            creds, ca_pem = await self._read_inputs(spec, state)
+            credentials_secret, creds, ca_pem = await self._read_inputs(spec, state)
             due = self._due_without_exchange(spec, state, recorded)
             if due is not None:
                 assert recorded is not None
@@ -190,7 +190,7 @@ class Refresher:
                 spec.request, creds, spec.refresh.default_lifetime, ca_pem
             )
             metrics.EXCHANGES.labels("success").inc()
-            await self._keep_refresh_token(spec, state, creds, token)
+            await self._keep_refresh_token(spec, state, credentials_secret, creds, token)
             await self._write_output(spec, token, output)
         except OAuthError as exc:
             return await self._failed(
@@ -226,7 +226,7 @@ class Refresher:
 
     async def _read_inputs(
         self, spec: OAuthClientSpec, state: ClientState
-    ) -> tuple[Credentials, str | None]:
+    ) -> tuple[dict[str, Any], Credentials, str | None]:
         ns = spec.key.namespace
         secret = await self.kube.get_secret(ns, spec.credentials.secret_name)
         if secret is None:
@@ -251,7 +251,7 @@ class Refresher:
                     "InvalidCABundle",
                     f"CA bundle Secret {name} not found or has no key {ca_key!r}",
                 )
-        return creds, ca_pem
+        return secret, creds, ca_pem
 
     def _due_without_exchange(
         self, spec: OAuthClientSpec, state: ClientState, recorded: RecordedToken | None
@@ -277,9 +277,16 @@ class Refresher:
         return state.plan[1]
 
     async def _keep_refresh_token(
-        self, spec: OAuthClientSpec, state: ClientState, creds: Credentials, token: Token
+        self,
+        spec: OAuthClientSpec,
+        state: ClientState,
+        secret: dict[str, Any],
+        creds: Credentials,
+        token: Token,
     ) -> None:
-        """Persists a rotated refresh token before anything else can use the old one."""
+        """Persists a rotated refresh token before anything else can use the old one.
+        `secret` is the credentials Secret as read for this run; if it changed since, the
+        replace conflicts and persist_refresh_token re-reads it."""
         if spec.request.grant_type is not GrantType.REFRESH_TOKEN:
             return
         if not token.refresh_token or token.refresh_token == creds.refresh_token:
@@ -290,12 +297,10 @@ class Refresher:
                 creds.client_id, creds.client_secret, token.refresh_token, creds.private_key
             )
         )
-        secret = await self.kube.get_secret(spec.key.namespace, spec.credentials.secret_name)
-        if secret is not None:
-            try:
-                await self._persist_refresh_token(spec, state, secret)
-            except KubeError as exc:
-                log.warning("could not persist rotated refresh token for %s: %s", spec.key, exc)
+        try:
+            await self._persist_refresh_token(spec, state, secret)
+        except KubeError as exc:
+            log.warning("could not persist rotated refresh token for %s: %s", spec.key, exc)
 
     async def _persist_refresh_token(
         self, spec: OAuthClientSpec, state: ClientState, secret: dict[str, Any]
