@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -83,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="renew at least this long before expiry (kubelet Secret sync)",
     )
     run.add_argument(
+        "--drain-timeout",
+        type=_duration,
+        default=_duration(_env("DRAIN_TIMEOUT", "25s")),
+        help="on SIGTERM, how long runs in progress may take before they are cancelled "
+        "(a refresh already sent always finishes and persists); keep it below the pod's "
+        "terminationGracePeriodSeconds",
+    )
+    run.add_argument(
+        "--identity",
+        default=_env("IDENTITY") or f"operator@{socket.gethostname()}",
+        help="who this replica is in refresh claims on credentials Secrets (the chart "
+        "passes the pod name)",
+    )
+    run.add_argument(
         "--peering",
         default=_env("PEERING") or None,
         help="kopf peering name for several replicas (default: standalone)",
@@ -130,6 +145,8 @@ def run_operator(args: argparse.Namespace) -> int:
         endpoint_policy=EndpointPolicy(args.allow_http, frozenset(args.allowed_hosts)),
         concurrency=args.concurrency,
         propagation_margin=args.propagation_margin,
+        drain_timeout=args.drain_timeout,
+        identity=args.identity,
     )
     if args.metrics_port:
         serve_metrics(args.metrics_port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 from .oauth import EndpointPolicy
@@ -15,3 +16,9 @@ class Settings:
     # Kubelet refreshes mounted Secret files after its sync period plus cache TTL (about a
     # minute or two); a token must be renewed at least this long before it expires.
     propagation_margin: float = 90.0
+    # On SIGTERM, runs in progress get this long to finish before they are cancelled; a
+    # refresh whose request was sent always finishes and persists (chart: keep it below
+    # terminationGracePeriodSeconds).
+    drain_timeout: float = 25.0
+    # Who takes refresh claims (custody.py): the pod name in a cluster.
+    identity: str = field(default_factory=lambda: f"operator@{socket.gethostname()}")

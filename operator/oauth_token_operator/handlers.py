@@ -39,6 +39,10 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
+        # SIGTERM (a rollout, helm upgrade, node drain): finish runs in flight, so that no
+        # rotated refresh token is thrown away with a cancelled run.
+        cancelled = await memo.refresher.scheduler.drain(operator_settings.drain_timeout)
+        log.info("drained; %d runs cancelled after the drain timeout", cancelled)
         memo.scheduler.cancel()
         await asyncio.gather(memo.scheduler, return_exceptions=True)
         await memo.refresher.tokens.aclose()

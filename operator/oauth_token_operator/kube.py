@@ -4,16 +4,16 @@ async API client. Objects travel as plain dicts (as kopf hands them over), which
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import datetime
 import json
 import logging
+import time
 from typing import Any
 
 from kubernetes_asyncio import client, config
 
 from .spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
+from .wire import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -33,39 +33,6 @@ class KubeError(Exception):
     @property
     def not_found(self) -> bool:
         return self.status == 404
-
-
-def decode_data(secret: dict[str, Any] | None) -> dict[str, str]:
-    """A Secret's data as text; keys whose values are not UTF-8 are left out."""
-    out: dict[str, str] = {}
-    for key, value in ((secret or {}).get("data") or {}).items():
-        try:
-            out[key] = base64.b64decode(value).decode()
-        except (ValueError, UnicodeDecodeError):
-            continue
-    return out
-
-
-def encode_data(data: dict[str, str]) -> dict[str, str]:
-    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-
-
-def now_rfc3339() -> str:
-    return rfc3339(datetime.datetime.now(datetime.UTC).timestamp())
-
-
-def rfc3339(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 async def _json(call: Any) -> Any:
@@ -182,7 +149,7 @@ class Kube:
     ) -> None:
         """Records a core/v1 Event on the OAuthClient; a failure is logged, not raised:
         Events are a courtesy and must not stop a refresh."""
-        now = now_rfc3339()
+        now = rfc3339(time.time())
         body = {
             "metadata": {"generateName": f"{key.name}.", "namespace": key.namespace},
             "involvedObject": {

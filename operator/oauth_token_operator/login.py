@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from .kube import Kube, encode_data
+from .kube import Kube
 from .oauth import (
     Credentials,
     EndpointPolicy,
@@ -30,6 +30,7 @@ from .oauth import (
     parse_token_response,
 )
 from .spec import ClientAuth
+from .wire import encode_data
 
 CALLBACK_TIMEOUT = 600.0
 

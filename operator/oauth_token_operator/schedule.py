@@ -101,6 +101,7 @@ class Scheduler:
         self._forgotten: set[Hashable] = set()  # forgotten while running
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._draining = False
 
     def __len__(self) -> int:
         return len(self._due) + len(self._running)
@@ -143,7 +144,24 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*self._running.values(), return_exceptions=True)
 
+    async def drain(self, grace: float) -> int:
+        """Starts no more work and waits up to `grace` seconds for work in progress, then
+        cancels what is left (work in a section that must not stop halfway finishes that
+        section first; see exchange.uncancellable). Returns how many runs were cancelled."""
+        self._draining = True
+        running = list(self._running.values())
+        if not running:
+            return 0
+        log.info("draining: waiting up to %.0fs for %d runs in progress", grace, len(running))
+        _, pending = await asyncio.wait(running, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return len(pending)
+
     def _start_due_work(self) -> None:
+        if self._draining:
+            return
         now = self._clock()
         while self._heap and len(self._running) < self._slots:
             at, _, key = self._heap[0]

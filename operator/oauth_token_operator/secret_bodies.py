@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from .kube import decode_data, encode_data, parse_rfc3339, rfc3339
+from . import reasons
 from .oauth import Credentials, OAuthError, Outcome, Token
 from .spec import (
     API_GROUP,
@@ -23,6 +23,7 @@ from .spec import (
     GrantType,
     OAuthClientSpec,
 )
+from .wire import decode_data, encode_data, parse_rfc3339, rfc3339
 
 
 def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentials:
@@ -37,7 +38,7 @@ def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentia
         if not value:
             raise OAuthError(
                 Outcome.NEEDS_HUMAN,
-                "CredentialsInvalid",
+                reasons.CREDENTIALS_INVALID,
                 f"Secret {keys.secret_name} has no key {key!r} ({why})",
             )
         return value
@@ -54,12 +55,16 @@ def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentia
 
 
 def fingerprint(creds: Credentials) -> str:
-    """Identifies a set of credentials without keeping or showing them."""
-    material = "\0".join(
-        v or ""
-        for v in (creds.client_id, creds.client_secret, creds.refresh_token, creds.private_key)
-    )
+    """Identifies the client's identity (ID, secret, private key) without keeping or showing
+    it. The refresh token is left out: it rotates on every refresh (ours, a sibling
+    OAuthClient's, the CLI's), which is no reason for an extra exchange."""
+    material = "\0".join(v or "" for v in (creds.client_id, creds.client_secret, creds.private_key))
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def refresh_fingerprint(holder: Credentials | Token) -> str:
+    """Identifies a refresh token without keeping or showing it."""
+    return hashlib.sha256((holder.refresh_token or "").encode()).hexdigest()
 
 
 def owned_by(secret: dict[str, Any], uid: str) -> bool:
@@ -132,11 +137,3 @@ def output_secret(
         "type": (existing or {}).get("type") or out.type,  # type is immutable once created
         "data": encode_data(data),
     }
-
-
-def with_refresh_token(secret: dict[str, Any], key: str, refresh_token: str) -> dict[str, Any]:
-    """The credentials Secret with a rotated refresh token, keeping resourceVersion as the
-    precondition of the replace."""
-    data = dict(secret.get("data") or {})
-    data.update(encode_data({key: refresh_token}))
-    return {**secret, "data": data}

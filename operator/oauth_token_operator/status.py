@@ -6,18 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .kube import rfc3339
+from . import reasons
+from .wire import rfc3339
 
 READY = "Ready"
-
-# Reasons for Ready=True.
-TOKEN_ISSUED = "TokenIssued"
-REFRESH_RETRYING = "RefreshRetrying"  # last refresh failed, but the token in place is valid
-# Ready=False reasons come from OAuthError.reason, plus these.
-INVALID_SPEC = "InvalidSpec"
-SECRET_NOT_OWNED = "SecretNotOwned"
-CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
-KUBERNETES_ERROR = "KubernetesError"
 
 
 @dataclass(frozen=True)
@@ -74,3 +66,64 @@ def is_news(previous: Condition | None, current: Condition) -> bool:
         current.status,
         current.reason,
     )
+
+
+def success_fields(
+    secret_name: str,
+    issued_at: float,
+    expires_at: float,
+    due: float,
+    token_type: str | None = None,
+    scope: str | None = None,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "secretName": secret_name,
+        "expiresAt": rfc3339(expires_at),
+        "lastRefreshTime": rfc3339(issued_at),
+        "nextRefreshTime": rfc3339(due),
+        "consecutiveFailures": 0,
+        "grantInvalidSince": None,  # merge patch: removes it
+    }
+    if token_type is not None:
+        fields["tokenType"] = token_type
+        fields["scope"] = scope
+    return fields
+
+
+def failure_fields(
+    failures: int, retry_at: float, secret_name: str | None, grant_invalid_since: float | None
+) -> dict[str, Any]:
+    """`secret_name` only when the output Secret exists: the SECRET column must not name a
+    Secret that a failed first run never wrote."""
+    fields: dict[str, Any] = {
+        "consecutiveFailures": failures,
+        "nextRefreshTime": rfc3339(retry_at),
+    }
+    if secret_name is not None:
+        fields["secretName"] = secret_name
+    if grant_invalid_since is not None:
+        fields["grantInvalidSince"] = rfc3339(grant_invalid_since)
+    return fields
+
+
+def login_advice(namespace: str, credentials_secret: str) -> str:
+    """What a person does about a dead grant."""
+    return (
+        "the grant is no longer valid and refreshing cannot revive it; obtain a new refresh "
+        f"token with `oauth-token-operator login --issuer ISSUER --client-id CLIENT_ID "
+        f"-n {namespace} --secret {credentials_secret}` (add --scope offline_access and the "
+        "options the client needs); the operator retries at once when the Secret changes"
+    )
+
+
+def advice_for(reason: str, namespace: str, credentials_secret: str) -> str | None:
+    if reason == reasons.INVALID_GRANT:
+        return login_advice(namespace, credentials_secret)
+    if reason == reasons.EXCHANGE_OUTCOME_UNKNOWN:
+        return (
+            "the refresh request may have reached the provider without its answer coming "
+            "back; the next refresh uses the same refresh token (the only one there is); if "
+            "the provider rotated it, that refresh fails with invalid_grant and a new login "
+            "is needed"
+        )
+    return None

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from .kube import Kube, decode_data, rfc3339
+from . import reasons
+from .custody import Holder
+from .exchange import Exchanger, read_inputs
+from .kube import Kube
 from .oauth import EndpointPolicy, OAuthError, TokenClient, jwt_claims
-from .refresh import persist_refresh_token
-from .secret_bodies import credentials_from
-from .spec import API_GROUP, API_VERSION, PLURAL, GrantType, SpecError, parse
+from .spec import API_GROUP, API_VERSION, PLURAL, OAuthClientSpec, SpecError, parse
+from .wire import rfc3339
 
 
 def add_parser(
@@ -47,40 +51,50 @@ async def run(args: argparse.Namespace) -> int:
             print(f"error: OAuthClient {args.namespace}/{args.name} not found", file=sys.stderr)
             return 1
         spec = parse(body)
-        secret = await kube.get_secret(spec.key.namespace, spec.credentials.secret_name)
-        if secret is None:
-            print(f"error: Secret {spec.credentials.secret_name} not found", file=sys.stderr)
-            return 1
-        creds = credentials_from(spec, secret)
-        ca_pem = None
-        if spec.ca_bundle:
-            ca_pem = decode_data(await kube.get_secret(spec.key.namespace, spec.ca_bundle[0])).get(
-                spec.ca_bundle[1]
-            )
-        token = await tokens.exchange(spec.request, creds, spec.refresh.default_lifetime, ca_pem)
-        rotated = (
-            spec.request.grant_type is GrantType.REFRESH_TOKEN
-            and token.refresh_token
-            and token.refresh_token != creds.refresh_token
-        )
-        if rotated:
-            assert token.refresh_token is not None
-            await persist_refresh_token(kube, spec, secret, token.refresh_token)
+        # The operator's own path: the same inputs, the same refresh claim, the same custody
+        # of a rotated refresh token.
+        inputs = await read_inputs(kube, spec)
+        result = await Exchanger(kube, tokens, Holder.for_cli()).exchange(spec, inputs)
     except (SpecError, OAuthError) as exc:
-        reason = getattr(exc, "reason", "InvalidSpec")
+        reason = getattr(exc, "reason", reasons.INVALID_SPEC)
         print(f"error: {reason}: {exc}", file=sys.stderr)
         return 1
     finally:
         await tokens.aclose()
         await kube.close()
+    token = result.token
+    if not result.persisted:
+        assert token.refresh_token is not None
+        return _keep_unpersisted(spec, token.refresh_token)
     summary = {
         "tokenType": token.token_type,
         "expiresAt": rfc3339(token.expires_at),
         "scope": token.scope,
-        "refreshTokenRotated": bool(rotated),
+        "refreshTokenRotated": result.rotated,
         "claims": jwt_claims(token.access_token),
     }
     print(json.dumps(summary, indent=2), file=sys.stderr)
     if args.print_token:
         print(token.access_token)
     return 0
+
+
+def _keep_unpersisted(spec: OAuthClientSpec, refresh_token: str) -> int:
+    """The provider rotated the refresh token but the Secret could not be written: the new
+    token is the only one that still works, so it goes to a private file, never to the
+    terminal."""
+    ns, name = spec.key.namespace, spec.credentials.secret_name
+    path = Path(f"oauth-token-operator-{ns}-{name}.refresh-token").resolve()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(refresh_token)
+    key = spec.credentials.refresh_token
+    print(
+        f"error: {reasons.REFRESH_TOKEN_NOT_PERSISTED}: the provider rotated the refresh token "
+        f"but Secret {ns}/{name} could not be updated; the new token is in {path} (mode 0600). "
+        f"Store it before anything refreshes again:\n"
+        f"  kubectl -n {ns} patch secret {name} --type merge "
+        f'-p "{{\\"data\\":{{\\"{key}\\":\\"$(base64 -w0 {path})\\"}}}}"',
+        file=sys.stderr,
+    )
+    return 1

@@ -15,13 +15,13 @@ import tenacity
 
 from oauth_token_operator import schedule
 from oauth_token_operator.config import Settings
-from oauth_token_operator.kube import Kube, KubeError, parse_rfc3339
+from oauth_token_operator.custody import CLAIM_ANNOTATION
+from oauth_token_operator.kube import KubeError
 from oauth_token_operator.oauth import (
     Credentials,
     OAuthError,
     Outcome,
     Token,
-    TokenClient,
     parse_token_response,
 )
 from oauth_token_operator.refresh import Refresher
@@ -32,6 +32,7 @@ from oauth_token_operator.spec import (
     ObjectKey,
     TokenRequest,
 )
+from oauth_token_operator.wire import parse_rfc3339
 
 NS, NAME, UID = "ml", "app", "uid-app-1"
 KEY = ObjectKey(NS, NAME)
@@ -67,6 +68,8 @@ class FakeKube:
         self.events: list[tuple[str, str, str]] = []  # type, reason, message
         self.writes: list[tuple[str, str]] = []  # (verb, secret name), successful or not
         self.failing: set[str] = set()  # secret names whose writes answer HTTP 500
+        # secret names whose writes that change data answer HTTP 500 (a claim still works)
+        self.failing_data: set[str] = set()
         self.failing_reads: set[str] = set()  # secret names whose reads answer HTTP 500
         self._rv = 0
 
@@ -106,6 +109,8 @@ class FakeKube:
         current = self.secrets.get((namespace, name))
         if current is None:
             raise KubeError(404, "not found")
+        if name in self.failing_data and body.get("data") != current.get("data"):
+            raise KubeError(500, "injected")
         rv = body["metadata"].get("resourceVersion")
         if rv is not None and rv != current["metadata"]["resourceVersion"]:
             raise KubeError(409, "conflict")
@@ -211,8 +216,8 @@ class World:
 
     def new_refresher(self) -> Refresher:
         return Refresher(
-            cast(Kube, self.kube),
-            cast(TokenClient, self.tokens),
+            self.kube,
+            self.tokens,
             Settings(concurrency=4, propagation_margin=90.0),
             clock=self.clock,
         )
@@ -355,7 +360,15 @@ async def test_rotated_refresh_token_is_persisted_before_the_output_secret() -> 
     await world.start()
 
     assert world.tokens.refresh_tokens_sent == ["r1"]
-    assert world.kube.writes == [("replace", CREDS_SECRET), ("create", OUTPUT_SECRET)]
+    # The refresh claim, then the rotated token (releasing the claim), then the output.
+    assert world.kube.writes == [
+        ("replace", CREDS_SECRET),
+        ("replace", CREDS_SECRET),
+        ("create", OUTPUT_SECRET),
+    ]
+    assert CLAIM_ANNOTATION not in world.kube.secrets[NS, CREDS_SECRET]["metadata"].get(
+        "annotations", {}
+    )
     creds = world.kube.data(CREDS_SECRET)
     assert creds["refresh_token"] == "r2"
     assert creds["client_secret"] == "secret-1"  # other keys kept
@@ -372,7 +385,7 @@ async def test_failed_persist_keeps_token_in_memory_and_never_reuses_the_old_one
     no_backoff: None,
 ) -> None:
     world = World("refresh_token")
-    world.kube.failing.add(CREDS_SECRET)
+    world.kube.failing_data.add(CREDS_SECRET)
 
     due = await world.start()
 
@@ -394,7 +407,7 @@ async def test_failed_persist_keeps_token_in_memory_and_never_reuses_the_old_one
     assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r1"
 
     # The API server recovers: the token in hand is written first, without an exchange.
-    world.kube.failing.clear()
+    world.kube.failing_data.clear()
     assert due is not None
     world.clock.now = due
     world.kube.writes.clear()
@@ -414,9 +427,9 @@ async def test_failed_persist_next_run_when_due_exchanges_with_the_new_token(
     no_backoff: None,
 ) -> None:
     world = World("refresh_token")
-    world.kube.failing.add(CREDS_SECRET)
+    world.kube.failing_data.add(CREDS_SECRET)
     await world.start()
-    world.kube.failing.clear()
+    world.kube.failing_data.clear()
     world.clock.now = START + LIFETIME - 30  # due by now: an exchange is needed
 
     await world.refresher._run(KEY)

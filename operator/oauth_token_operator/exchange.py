@@ -1,0 +1,190 @@
+"""The one exchange path, shared by the operator's runs and the `token` command: read the
+inputs an OAuthClient names, exchange at the provider, and keep a rotated refresh token.
+
+For a refresh_token grant the exchange happens under the refresh claim (custody.py) and,
+once the request may have been sent, runs to its end even when the caller is cancelled (a
+SIGTERM drain): a rotated token is persisted before anyone can use the old one again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import custody, metrics, reasons
+from .kube import KubeError
+from .oauth import Credentials, OAuthError, Outcome, Token
+from .ports import SecretAPI, TokenAPI
+from .secret_bodies import credentials_from, refresh_fingerprint
+from .spec import GrantType, OAuthClientSpec
+from .wire import decode_data
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What an exchange reads from the cluster."""
+
+    secret: dict[str, Any] = field(repr=False)  # the credentials Secret as read
+    creds: Credentials
+    ca_pem: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    token: Token
+    rotated: bool = False
+    # False: the rotated refresh token could not be written yet; the caller holds it.
+    persisted: bool = True
+
+    @property
+    def refresh_fingerprint(self) -> str:
+        return refresh_fingerprint(self.token)
+
+
+async def read_inputs(
+    api: SecretAPI, spec: OAuthClientSpec, pending_refresh_token: str | None = None
+) -> Inputs:
+    """The credentials Secret and CA bundle. A rotated refresh token still pending from an
+    earlier run is persisted first: nothing may use the Secret's older token meanwhile."""
+    ns, name = spec.key.namespace, spec.credentials.secret_name
+    secret = await api.get_secret(ns, name)
+    if secret is None:
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            reasons.CREDENTIALS_NOT_FOUND,
+            f"credentials Secret {name} not found in {ns}",
+        )
+    if pending_refresh_token is not None:
+        secret = await custody.persist(api, spec, secret, pending_refresh_token)
+    creds = credentials_from(spec, secret)
+    ca_pem = None
+    if spec.ca_bundle:
+        ca_name, ca_key = spec.ca_bundle
+        ca_pem = decode_data(await api.get_secret(ns, ca_name)).get(ca_key)
+        if not ca_pem:
+            raise OAuthError(
+                Outcome.NEEDS_HUMAN,
+                reasons.INVALID_CA_BUNDLE,
+                f"CA bundle Secret {ca_name} not found or has no key {ca_key!r}",
+            )
+    return Inputs(secret, creds, ca_pem)
+
+
+async def uncancellable(work: Coroutine[Any, Any, _T]) -> _T:
+    """Runs `work` to its end even if the caller is cancelled meanwhile, then passes the
+    cancellation on. For sections that must not stop halfway (a refresh request sent, its
+    rotated token not yet persisted); `work` must bound its own duration."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved, so that asyncio does not warn about it
+        raise asyncio.CancelledError
+    return task.result()
+
+
+class Exchanger:
+    """Performs exchanges for any number of OAuthClients. Refresh-token exchanges that read
+    the same credentials Secret take turns inside this process (a lock) and across processes
+    (the claim in the Secret)."""
+
+    def __init__(
+        self,
+        api: SecretAPI,
+        tokens: TokenAPI,
+        holder: custody.Holder,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.tokens = tokens
+        self.holder = holder
+        self.clock = clock
+        self._turns: dict[tuple[str, str], asyncio.Lock] = {}
+        # The refresh token this process last wrote to each credentials Secret (fingerprint),
+        # so that the watch event of our own write is not taken for someone else's.
+        self._written: dict[tuple[str, str], str] = {}
+
+    def wrote(self, namespace: str, name: str, refresh_fingerprint: str) -> bool:
+        return self._written.get((namespace, name)) == refresh_fingerprint
+
+    async def exchange(self, spec: OAuthClientSpec, inputs: Inputs) -> Exchanged:
+        if spec.request.grant_type is not GrantType.REFRESH_TOKEN:
+            token = await self._call(spec, inputs.creds, inputs.ca_pem)
+            return Exchanged(token)
+        turn = (spec.key.namespace, spec.credentials.secret_name)
+        lock = self._turns.setdefault(turn, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._refresh(spec, inputs)
+        finally:
+            if not lock.locked() and self._turns.get(turn) is lock:
+                del self._turns[turn]  # nobody waits: keep the table small
+
+    async def _call(self, spec: OAuthClientSpec, creds: Credentials, ca_pem: str | None) -> Token:
+        try:
+            token = await self.tokens.exchange(
+                spec.request, creds, spec.refresh.default_lifetime, ca_pem
+            )
+        except OAuthError as exc:
+            metrics.EXCHANGES.labels(exc.outcome.value).inc()
+            if exc.reason == reasons.EXCHANGE_OUTCOME_UNKNOWN:
+                metrics.OUTCOME_UNKNOWN.inc()
+            raise
+        metrics.EXCHANGES.labels("success").inc()
+        return token
+
+    async def _refresh(self, spec: OAuthClientSpec, inputs: Inputs) -> Exchanged:
+        secret, abandoned = await custody.take_claim(
+            self.api, spec, inputs.secret, self.holder, self.clock()
+        )
+        if abandoned is not None:
+            log.warning(
+                "%s: took over an abandoned refresh claim of %s on Secret %s: an exchange by "
+                "it may have been interrupted",
+                spec.key,
+                abandoned.holder,
+                spec.credentials.secret_name,
+            )
+        # The claimed version's refresh token: current by construction (compare-and-swap).
+        creds = credentials_from(spec, secret)
+        return await uncancellable(self._refresh_claimed(spec, secret, creds, inputs.ca_pem))
+
+    async def _refresh_claimed(
+        self,
+        spec: OAuthClientSpec,
+        secret: dict[str, Any],
+        creds: Credentials,
+        ca_pem: str | None,
+    ) -> Exchanged:
+        try:
+            token = await self._call(spec, creds, ca_pem)
+        except OAuthError:
+            await custody.release(self.api, spec, secret, self.holder)
+            raise
+        answered = time.monotonic()
+        if not token.refresh_token or token.refresh_token == creds.refresh_token:
+            await custody.release(self.api, spec, secret, self.holder)
+            return Exchanged(token)
+        turn = (spec.key.namespace, spec.credentials.secret_name)
+        self._written[turn] = refresh_fingerprint(token)
+        try:
+            await custody.persist(self.api, spec, secret, token.refresh_token)
+        except KubeError as exc:
+            log.warning("%s: could not persist the rotated refresh token: %s", spec.key, exc)
+            return Exchanged(token, rotated=True, persisted=False)
+        metrics.ROTATION_PERSIST_SECONDS.observe(time.monotonic() - answered)
+        return Exchanged(token, rotated=True)

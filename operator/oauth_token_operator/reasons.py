@@ -1,0 +1,41 @@
+"""Every reason the operator writes into the Ready condition and Events, in one place.
+CamelCase words, as the Kubernetes API conventions ask; users alert and script on them."""
+
+from __future__ import annotations
+
+# Ready=True
+TOKEN_ISSUED = "TokenIssued"
+REFRESH_RETRYING = "RefreshRetrying"  # the last refresh failed; the token in place is valid
+
+# The OAuthClient or its Secrets, as written, cannot work: a person must act.
+INVALID_SPEC = "InvalidSpec"
+SECRET_NOT_OWNED = "SecretNotOwned"
+CREDENTIALS_NOT_FOUND = "CredentialsNotFound"
+CREDENTIALS_INVALID = "CredentialsInvalid"
+INVALID_CA_BUNDLE = "InvalidCABundle"
+ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
+DISCOVERY_FAILED = "DiscoveryFailed"
+TOKEN_TOO_SHORT_LIVED = "TokenTooShortLived"
+
+# The provider's answers (RFC 6749 5.2 error codes and HTTP failures).
+INVALID_CLIENT = "InvalidClient"
+INVALID_GRANT = "InvalidGrant"
+UNAUTHORIZED_CLIENT = "UnauthorizedClient"
+UNSUPPORTED_GRANT_TYPE = "UnsupportedGrantType"
+INVALID_SCOPE = "InvalidScope"
+INVALID_TARGET = "InvalidTarget"
+INVALID_REQUEST = "InvalidRequest"
+PROVIDER_REJECTED = "ProviderRejected"
+PROVIDER_UNAVAILABLE = "ProviderUnavailable"
+PROVIDER_UNREACHABLE = "ProviderUnreachable"
+RATE_LIMITED = "RateLimited"
+MALFORMED_RESPONSE = "MalformedResponse"
+# A refresh request may have reached the provider, but no answer came back: if the provider
+# rotated the refresh token, the new one is lost with the answer.
+EXCHANGE_OUTCOME_UNKNOWN = "ExchangeOutcomeUnknown"
+
+# Custody of a rotated refresh token.
+REFRESH_TOKEN_NOT_PERSISTED = "RefreshTokenNotPersisted"
+REFRESH_TOKEN_IN_USE = "RefreshTokenInUse"  # another process holds the refresh claim
+
+KUBERNETES_ERROR = "KubernetesError"

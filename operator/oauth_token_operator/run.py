@@ -1,0 +1,291 @@
+"""What one run does for one OAuthClient: gather what is in the cluster, decide (decide.py,
+pure), apply the decision (exchange.py, the output Secret), and report (report.py).
+
+The split follows cert-manager's certificate controllers: refresh.py decides *when* a run
+happens, this module *what* it does, report.py and status.py *what it says*."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+from . import decide, metrics, reasons, schedule, status
+from .config import Settings
+from .exchange import Exchanger, Inputs, read_inputs
+from .kube import KubeError
+from .oauth import OAuthError, Outcome, Token
+from .ports import KubeAPI
+from .report import Reporter
+from .secret_bodies import (
+    RecordedToken,
+    fingerprint,
+    output_secret,
+    owned_by,
+    recorded_token,
+    refresh_fingerprint,
+)
+from .spec import OAuthClientSpec, RefreshPolicy
+from .wire import rfc3339
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientState:
+    """What the operator remembers about one OAuthClient between runs."""
+
+    spec: OAuthClientSpec | None
+    condition: status.Condition | None
+    failures: int = 0
+    # The next run must exchange even if the token in place is valid: the credentials or the
+    # spec changed after a failure, or the output Secret vanished.
+    force: bool = False
+    # Identifies the client ID/secret/key last used ("absent": the Secret did not exist),
+    # and the refresh token last read or written.
+    credentials_fingerprint: str | None = None
+    refresh_fingerprint: str | None = None
+    # The refresh time drawn for the current token: ((issued, expires, policy), due).
+    plan: tuple[tuple[float, float, RefreshPolicy], float] | None = None
+    # A rotated refresh token that is not yet safely in the credentials Secret.
+    unpersisted_refresh_token: str | None = field(default=None, repr=False)
+    # Since when the provider has answered invalid_grant (the grant is dead).
+    grant_invalid_since: float | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        kube: KubeAPI,
+        exchanger: Exchanger,
+        settings: Settings,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self.kube = kube
+        self.exchanger = exchanger
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng
+        self.reporter = Reporter(kube, clock)
+
+    async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
+        """One pass; returns when to run next."""
+        try:
+            output, gathered, inputs = await self._gather(spec, state)
+        except KubeError as exc:
+            error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+            return await self._failed(spec, state, None, error, output_exists=None)
+        recorded = gathered.recorded
+        planned = self._plan(spec, state, recorded) if recorded is not None else None
+        decision = decide.decide(
+            spec, gathered, force=state.force, planned_due=planned, now=self.clock()
+        )
+        if isinstance(decision, decide.Fail):
+            return await self._failed(spec, state, recorded, decision.error, output is not None)
+        if isinstance(decision, decide.Reuse):
+            assert recorded is not None
+            metrics.REUSED_TOKENS.inc()
+            log.info(
+                "%s: token in Secret %s is valid until %s; next refresh at %s (no exchange needed)",
+                spec.key,
+                spec.output.name,
+                rfc3339(recorded.expires_at),
+                rfc3339(decision.due),
+            )
+            await self._succeeded(
+                spec, state, recorded.issued_at, recorded.expires_at, decision.due
+            )
+            return decision.due
+        assert inputs is not None
+        return await self._exchange(spec, state, inputs, recorded, output)
+
+    async def _gather(
+        self, spec: OAuthClientSpec, state: ClientState
+    ) -> tuple[dict[str, Any] | None, decide.Gathered, Inputs | None]:
+        """The output Secret first: a failure reading the inputs must still know whether a
+        valid token is in place (Ready stays True while it is)."""
+        output = await self.kube.get_secret(spec.key.namespace, spec.output.name)
+        if output is not None and not owned_by(output, spec.uid):
+            return output, decide.Gathered(recorded=None, owned=False), None
+        recorded = recorded_token(output, spec.output.access_token_key) if output else None
+        try:
+            inputs = await read_inputs(self.kube, spec, state.unpersisted_refresh_token)
+        except OAuthError as exc:
+            if exc.reason == reasons.CREDENTIALS_NOT_FOUND:
+                state.credentials_fingerprint = "absent"  # so that its creation triggers a run
+            return output, decide.Gathered(recorded, inputs_error=exc), None
+        except KubeError as exc:
+            error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+            return output, decide.Gathered(recorded, inputs_error=error), None
+        state.unpersisted_refresh_token = None  # read_inputs persisted it
+        state.credentials_fingerprint = fingerprint(inputs.creds)
+        state.refresh_fingerprint = refresh_fingerprint(inputs.creds)
+        return output, decide.Gathered(recorded), inputs
+
+    async def _exchange(
+        self,
+        spec: OAuthClientSpec,
+        state: ClientState,
+        inputs: Inputs,
+        recorded: RecordedToken | None,
+        output: dict[str, Any] | None,
+    ) -> float:
+        try:
+            result = await self.exchanger.exchange(spec, inputs)
+            token = result.token
+            if result.rotated:
+                state.refresh_fingerprint = result.refresh_fingerprint
+            if not result.persisted:
+                state.unpersisted_refresh_token = token.refresh_token
+            await self._write_output(spec, token, output)
+        except OAuthError as exc:
+            return await self._failed(spec, state, recorded, exc, output is not None)
+        except KubeError as exc:
+            error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+            return await self._failed(spec, state, recorded, error, output is not None)
+        written = RecordedToken(token.issued_at, token.expires_at, spec.spec_hash)
+        if state.unpersisted_refresh_token:
+            error = OAuthError(
+                Outcome.TRANSIENT,
+                reasons.REFRESH_TOKEN_NOT_PERSISTED,
+                "the rotated refresh token could not be written to Secret "
+                f"{spec.credentials.secret_name} yet; it is kept in memory and retried",
+            )
+            return await self._failed(spec, state, written, error, True)
+        due = self._plan(spec, state, written)
+        state.force = False
+        log.info(
+            "%s: wrote a token valid until %s to Secret %s; next refresh at %s",
+            spec.key,
+            rfc3339(token.expires_at),
+            spec.output.name,
+            rfc3339(due),
+        )
+        await self._succeeded(spec, state, token.issued_at, token.expires_at, due, token)
+        return due
+
+    def _plan(self, spec: OAuthClientSpec, state: ClientState, token: RecordedToken) -> float:
+        """The refresh time for a token, drawn once per token: a run that fires at its
+        jittered time must not draw again and find itself not yet due."""
+        key = (token.issued_at, token.expires_at, spec.refresh)
+        if state.plan is None or state.plan[0] != key:
+            due = schedule.refresh_at(
+                token.issued_at,
+                token.expires_at,
+                spec.refresh,
+                self.settings.propagation_margin,
+                self.rng,
+            )
+            state.plan = (key, due)
+        return state.plan[1]
+
+    async def _write_output(
+        self, spec: OAuthClientSpec, token: Token, existing: dict[str, Any] | None
+    ) -> None:
+        ns = spec.key.namespace
+        async for attempt in tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(4),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, KubeError) and e.conflict),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    existing = await self.kube.get_secret(ns, spec.output.name)
+                    if existing is not None and not owned_by(existing, spec.uid):
+                        raise OAuthError(
+                            Outcome.NEEDS_HUMAN,
+                            reasons.SECRET_NOT_OWNED,
+                            f"Secret {spec.output.name} was taken over",
+                        )
+                body = output_secret(spec, token, existing)
+                if existing is None:
+                    await self.kube.create_secret(ns, body)
+                else:
+                    await self.kube.replace_secret(ns, body)
+
+    async def _succeeded(
+        self,
+        spec: OAuthClientSpec,
+        state: ClientState,
+        issued_at: float,
+        expires_at: float,
+        due: float,
+        token: Token | None = None,
+    ) -> None:
+        state.failures = 0
+        state.grant_invalid_since = None
+        if (
+            token is None
+            and state.condition is not None
+            and (
+                state.condition.reason,
+                state.condition.observed_generation,
+            )
+            == (reasons.TOKEN_ISSUED, spec.generation)
+        ):
+            return  # resumed with a valid token and an up-to-date status: no write at all
+        fields = status.success_fields(
+            spec.output.name,
+            issued_at,
+            expires_at,
+            due,
+            token.token_type if token else None,
+            token.scope if token else None,
+        )
+        message = f"token valid until {rfc3339(expires_at)}, next refresh at {rfc3339(due)}"
+        await self._report(spec, state, True, reasons.TOKEN_ISSUED, message, fields)
+
+    async def _failed(
+        self,
+        spec: OAuthClientSpec,
+        state: ClientState,
+        recorded: RecordedToken | None,
+        error: OAuthError,
+        output_exists: bool | None,
+    ) -> float:
+        """`output_exists` None: not known (the read failed)."""
+        now = self.clock()
+        state.failures += 1
+        if error.reason == reasons.INVALID_GRANT and state.grant_invalid_since is None:
+            state.grant_invalid_since = now
+        retry = decide.retry_after_failure(
+            error, state.failures, recorded, now, self.settings.propagation_margin, self.rng
+        )
+        message = retry.message
+        advice = status.advice_for(error.reason, spec.key.namespace, spec.credentials.secret_name)
+        if advice:
+            message = f"{message}; {advice}"
+        log.warning(
+            "refresh of %s failed (%s): %s; retrying at %s",
+            spec.key,
+            retry.reason,
+            message,
+            rfc3339(retry.at),
+        )
+        secret_name = spec.output.name if output_exists or recorded else None
+        if output_exists is None and state.condition is not None:
+            secret_name = spec.output.name  # unknown: leave the column as it was
+        fields = status.failure_fields(
+            state.failures, retry.at, secret_name, state.grant_invalid_since
+        )
+        await self._report(spec, state, retry.ready, retry.reason, message, fields)
+        return retry.at
+
+    async def _report(
+        self,
+        spec: OAuthClientSpec,
+        state: ClientState,
+        ready: bool,
+        reason: str,
+        message: str,
+        fields: dict[str, Any],
+    ) -> None:
+        state.condition = await self.reporter.report(
+            spec.key, spec.uid, spec.generation, state.condition, ready, reason, message, fields
+        )
