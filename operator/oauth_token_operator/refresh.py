@@ -109,6 +109,10 @@ class Refresher:
                 except OAuthError:
                     creds = None
                 if creds is not None and fingerprint(creds) == state.credentials_fingerprint:
+                    if state.waiting_for_claim:
+                        # The claim may be released: run, and exchange only if still due.
+                        self.scheduler.schedule_now(key)
+                        continue
                     # Same client identity. A new refresh token matters only to a failing
                     # client (a new login), and only if it is not one this process wrote.
                     rotated = refresh_fingerprint(creds)

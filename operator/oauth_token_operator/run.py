@@ -16,6 +16,7 @@ import tenacity
 
 from . import decide, metrics, reasons, schedule, status
 from .config import Settings
+from .custody import ClaimHeld
 from .exchange import Exchanger, Inputs, read_inputs
 from .kube import KubeError
 from .oauth import OAuthError, Outcome, Token
@@ -55,6 +56,8 @@ class ClientState:
     unpersisted_refresh_token: str | None = field(default=None, repr=False)
     # Since when the provider has answered invalid_grant (the grant is dead).
     grant_invalid_since: float | None = None
+    # Another process holds the refresh claim; its release (a Secret event) wakes us.
+    waiting_for_claim: bool = False
 
 
 class Runner:
@@ -75,6 +78,7 @@ class Runner:
 
     async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
         """One pass; returns when to run next."""
+        state.waiting_for_claim = False
         try:
             output, gathered, inputs = await self._gather(spec, state)
         except KubeError as exc:
@@ -143,6 +147,13 @@ class Runner:
             if not result.persisted:
                 state.unpersisted_refresh_token = token.refresh_token
             await self._write_output(spec, token, output)
+        except ClaimHeld as held:
+            state.waiting_for_claim = True
+            if recorded is None or recorded.expires_at <= self.clock():
+                return await self._failed(spec, state, recorded, held, output is not None)
+            # A short wait while a valid token is in place is no news: no status, no Event.
+            log.info("%s: %s", spec.key, held.message)
+            return held.claim.until
         except OAuthError as exc:
             return await self._failed(spec, state, recorded, exc, output is not None)
         except KubeError as exc:

@@ -11,8 +11,12 @@
 //
 // Prints exactly one line "READY https://127.0.0.1:<port>" on stdout once it serves requests.
 // Test-only endpoints, outside the provider's routes:
-//   GET  /__test/stats  -> {"tokenRequests": n, "byGrant": {"<grant_type>": n, ...}}
+//   GET  /__test/stats  -> {"tokenRequests": n, "byGrant": {"<grant_type>": n, ...},
+//                           "invalidGrant": n, "invalidGrantReasons": {"<description>": n}}
 //   POST /__test/reset  -> zeroes the counters
+//   POST /__test/delay?ms=N -> from now on, /token answers are held N ms after the provider
+//                           has processed the request (a rotation has happened, the answer is
+//                           on its way: the window in which a stopped client loses a grant)
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -51,8 +55,12 @@ function resetCounters() {
   counters.tokenRequests = 0;
   // The grants the operator uses are always present; others (or an unparsable body) appear on use.
   counters.byGrant = { client_credentials: 0, refresh_token: 0, authorization_code: 0 };
+  // invalid_grant answers: for refresh tokens, reuse of a rotated token revokes the grant.
+  counters.invalidGrant = 0;
+  counters.invalidGrantReasons = {};
 }
 resetCounters();
+let tokenDelayMs = 0;
 
 const server = https.createServer({
   cert: readFileSync(config.certFile),
@@ -127,6 +135,13 @@ const provider = new Provider(issuer, {
 });
 
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+provider.on('grant.error', (_ctx, err) => {
+  if (err.error === 'invalid_grant') {
+    counters.invalidGrant += 1;
+    const why = err.error_detail ?? err.error_description ?? 'unknown';
+    counters.invalidGrantReasons[why] = (counters.invalidGrantReasons[why] ?? 0) + 1;
+  }
+});
 
 // oidc-provider validates static clients lazily, on first use; fail at startup instead, so a
 // bad client in a test shows up as a start() error with this message on stderr.
@@ -165,6 +180,9 @@ server.on('request', (req, res) => {
     } else if (req.method === 'POST' && pathname === '/__test/reset') {
       resetCounters();
       sendJson(res, 200, counters);
+    } else if (req.method === 'POST' && pathname === '/__test/delay') {
+      tokenDelayMs = Number(new URL(req.url, issuer).searchParams.get('ms') ?? 0);
+      sendJson(res, 200, { delayMs: tokenDelayMs });
     } else {
       sendJson(res, 404, { error: 'not_found' });
     }
@@ -178,6 +196,15 @@ server.on('request', (req, res) => {
       const grantType = req[GRANT_TYPE] ?? 'unknown';
       counters.byGrant[grantType] = (counters.byGrant[grantType] ?? 0) + 1;
     });
+    if (tokenDelayMs > 0) {
+      // Hold the finished answer back: the provider has already acted on the request.
+      const end = res.end.bind(res);
+      const delay = tokenDelayMs;
+      res.end = (...args) => {
+        setTimeout(() => end(...args), delay);
+        return res;
+      };
+    }
   }
   providerHandler(req, res);
 });

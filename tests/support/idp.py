@@ -149,6 +149,11 @@ class IdentityProvider:
         with self.http_client() as http:
             http.post(f"{self.issuer}/__test/reset").raise_for_status()
 
+    def delay_token_answers(self, ms: int) -> None:
+        """Holds every /token answer back `ms` ms after the provider acted on it (0: off)."""
+        with self.http_client() as http:
+            http.post(f"{self.issuer}/__test/delay", params={"ms": ms}).raise_for_status()
+
     def start(self) -> None:
         if self._process is not None:
             raise RuntimeError("identity provider already started")

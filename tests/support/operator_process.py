@@ -65,6 +65,14 @@ class OperatorProcess:
                 self._process.wait(5)
             self._process = None
 
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM, as kubelet sends it, and wait for the drain and exit; the exit code."""
+        assert self._process is not None
+        self._process.terminate()
+        code = self._process.wait(timeout)
+        self._process = None
+        return code
+
     @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
