@@ -56,8 +56,9 @@ class Holder:
 
     @classmethod
     def for_cli(cls) -> Holder:
-        # Each CLI run is its own holder: it never inherits anyone's claim.
-        return cls(f"cli@{socket.gethostname()}")
+        # Each CLI run is an identity of its own: two runs at once on one machine must wait
+        # for each other, never take each other's claim for a dead predecessor's.
+        return cls(f"cli@{socket.gethostname()}:{secrets.token_hex(4)}")
 
 
 @dataclass(frozen=True)

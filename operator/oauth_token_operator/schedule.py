@@ -176,8 +176,8 @@ class Scheduler:
 
     async def _sleep_until_next(self) -> None:
         self._wake.clear()
-        timeout = None
-        if self._heap and len(self._running) < self._slots:
+        timeout = None  # draining: nothing more starts, so nothing to wake up for
+        if self._heap and len(self._running) < self._slots and not self._draining:
             timeout = max(self._heap[0][0] - self._clock(), 0.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)

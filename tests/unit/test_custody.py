@@ -56,6 +56,11 @@ def test_claim_status(claim: Claim | None, expected: ClaimStatus) -> None:
     assert claim_status(claim, ME, START) is expected
 
 
+def test_two_cli_runs_on_one_machine_wait_for_each_other() -> None:
+    first, second = Holder.for_cli(), Holder.for_cli()
+    assert claim_status(Claim(first.id, START + 10), second, START) is ClaimStatus.HELD
+
+
 def test_claim_round_trips_and_garbage_is_no_claim() -> None:
     claim = Claim("cli@laptop/77", START + 90)
     assert Claim.parse(claim.render()) == claim

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Hashable
 
 import pytest
@@ -22,6 +21,10 @@ from oauth_token_operator.schedule import (
     retry_delay,
 )
 from oauth_token_operator.spec import RefreshPolicy
+
+# The Scheduler tests run on a fake event-loop clock (looptime): deterministic, and as fast
+# as the work, however busy the machine.
+pytestmark = pytest.mark.looptime
 
 ISSUED = 1_700_000_000.0
 HOUR = 3600.0
@@ -193,10 +196,16 @@ async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
             await task
 
 
+def now() -> float:
+    """The event loop's clock: under looptime it is fake and moves only when the loop would
+    otherwise sleep, so these tests neither wait in real time nor depend on a busy machine."""
+    return asyncio.get_running_loop().time()
+
+
 async def wait_for(predicate: Callable[[], bool], within: float = 1.5) -> None:
-    deadline = time.monotonic() + within
+    deadline = now() + within
     while not predicate():
-        if time.monotonic() > deadline:
+        if now() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
 
@@ -208,27 +217,27 @@ async def test_runs_due_keys_and_not_future_ones() -> None:
         ran.append(key)
         return None
 
-    scheduler = Scheduler(work, concurrency=4)
-    now = time.time()
-    scheduler.schedule("a", now - 1)
-    scheduler.schedule("b", now)
-    scheduler.schedule("later", now + 3600)
+    scheduler = Scheduler(work, concurrency=4, clock=now)
+    t0 = now()
+    scheduler.schedule("a", t0 - 1)
+    scheduler.schedule("b", t0)
+    scheduler.schedule("later", t0 + 3600)
     async with running(scheduler):
         await wait_for(lambda: len(ran) == 2)
         await asyncio.sleep(0.05)
     assert sorted(map(str, ran)) == ["a", "b"]
-    assert scheduler.due_time("later") == now + 3600
+    assert scheduler.due_time("later") == t0 + 3600
 
 
 async def test_runs_a_key_when_its_time_comes() -> None:
     ran_at: list[float] = []
 
     async def work(key: Hashable) -> float | None:
-        ran_at.append(time.time())
+        ran_at.append(now())
         return None
 
-    scheduler = Scheduler(work, concurrency=1)
-    at = time.time() + 0.15
+    scheduler = Scheduler(work, concurrency=1, clock=now)
+    at = now() + 0.15
     async with running(scheduler):
         scheduler.schedule("k", at)
         await wait_for(lambda: bool(ran_at))
@@ -241,9 +250,9 @@ async def test_returned_time_reschedules() -> None:
     async def work(key: Hashable) -> float | None:
         nonlocal runs
         runs += 1
-        return time.time() + 0.02 if runs < 3 else None
+        return now() + 0.02 if runs < 3 else None
 
-    scheduler = Scheduler(work, concurrency=1)
+    scheduler = Scheduler(work, concurrency=1, clock=now)
     scheduler.schedule_now("k")
     async with running(scheduler):
         await wait_for(lambda: runs == 3)
@@ -265,7 +274,7 @@ async def test_concurrency_is_bounded() -> None:
         done += 1
         return None
 
-    scheduler = Scheduler(work, concurrency=3)
+    scheduler = Scheduler(work, concurrency=3, clock=now)
     for i in range(12):
         scheduler.schedule_now(i)
     async with running(scheduler):
@@ -287,7 +296,7 @@ async def test_one_key_never_runs_twice_at_once() -> None:
         active[key] -= 1
         return None
 
-    scheduler = Scheduler(work, concurrency=8)
+    scheduler = Scheduler(work, concurrency=8, clock=now)
     scheduler.schedule_now("k")
     async with running(scheduler):
         await wait_for(lambda: runs == 1)
@@ -303,18 +312,18 @@ async def test_one_key_never_runs_twice_at_once() -> None:
 async def test_schedule_during_run_applies_after_run_and_earlier_time_wins() -> None:
     started = asyncio.Event()
     release = asyncio.Event()
-    far = time.time() + 3600
+    far = now() + 3600
 
     async def work(key: Hashable) -> float | None:
         started.set()
         await release.wait()
         return far  # the run's own answer: an hour from now
 
-    scheduler = Scheduler(work, concurrency=2)
+    scheduler = Scheduler(work, concurrency=2, clock=now)
     scheduler.schedule_now("k")
     async with running(scheduler):
         await started.wait()
-        soon = time.time() + 1800
+        soon = now() + 1800
         scheduler.schedule("k", soon)
         scheduler.schedule("k", soon + 60)  # a later request does not push it back
         assert scheduler.due_time("k") is None  # not applied while running
@@ -326,14 +335,14 @@ async def test_schedule_during_run_applies_after_run_and_earlier_time_wins() -> 
 async def test_run_answer_wins_when_earlier_than_request_during_run() -> None:
     started = asyncio.Event()
     release = asyncio.Event()
-    answer = time.time() + 600
+    answer = now() + 600
 
     async def work(key: Hashable) -> float | None:
         started.set()
         await release.wait()
         return answer
 
-    scheduler = Scheduler(work, concurrency=1)
+    scheduler = Scheduler(work, concurrency=1, clock=now)
     scheduler.schedule_now("k")
     async with running(scheduler):
         await started.wait()
@@ -349,9 +358,9 @@ async def test_forget_stops_rescheduling() -> None:
     async def work(key: Hashable) -> float | None:
         nonlocal runs
         runs += 1
-        return time.time() + 0.02
+        return now() + 0.02
 
-    scheduler = Scheduler(work, concurrency=1)
+    scheduler = Scheduler(work, concurrency=1, clock=now)
     scheduler.schedule_now("k")
     async with running(scheduler):
         await wait_for(lambda: runs >= 2)
@@ -373,9 +382,9 @@ async def test_forget_while_running_drops_the_next_run() -> None:
         runs += 1
         started.set()
         await release.wait()
-        return time.time()
+        return now()
 
-    scheduler = Scheduler(work, concurrency=1)
+    scheduler = Scheduler(work, concurrency=1, clock=now)
     scheduler.schedule_now("k")
     async with running(scheduler):
         await started.wait()
@@ -394,10 +403,10 @@ async def test_forget_before_due_time_never_runs() -> None:
         ran.append(key)
         return None
 
-    scheduler = Scheduler(work, concurrency=1)
-    scheduler.schedule("k", time.time() + 0.05)
+    scheduler = Scheduler(work, concurrency=1, clock=now)
+    scheduler.schedule("k", now() + 0.05)
     scheduler.forget("k")
-    scheduler.schedule("other", time.time() + 0.1)
+    scheduler.schedule("other", now() + 0.1)
     async with running(scheduler):
         await wait_for(lambda: ran == ["other"])
         await asyncio.sleep(0.05)
@@ -413,14 +422,14 @@ async def test_failing_work_is_retried_later_and_loop_survives() -> None:
             raise RuntimeError("bug")
         return None
 
-    scheduler = Scheduler(work, concurrency=1)
+    scheduler = Scheduler(work, concurrency=1, clock=now)
     scheduler.schedule_now("bad")
     async with running(scheduler):
         await wait_for(lambda: "bad" in calls)
         await wait_for(lambda: scheduler.due_time("bad") is not None)
         due = scheduler.due_time("bad")
         assert due is not None
-        assert due - time.time() > 30  # later, not a hot loop
+        assert due - now() > 30  # later, not a hot loop
         scheduler.schedule_now("good")  # the loop still runs other work
         await wait_for(lambda: "good" in calls)
     assert calls.count("bad") == 1
@@ -442,3 +451,45 @@ async def test_fake_clock_drives_due_times() -> None:
         now[0] = 1010.0
         scheduler.schedule_now("poke")  # wakes the loop, which sees the new clock
         await wait_for(lambda: set(ran) == {"k", "poke"})
+
+
+async def test_drain_lets_runs_finish_and_starts_no_more() -> None:
+    finished: list[Hashable] = []
+
+    async def work(key: Hashable) -> float | None:
+        await asyncio.sleep(5)
+        finished.append(key)
+        return None
+
+    scheduler = Scheduler(work, concurrency=4, clock=now)
+    scheduler.schedule_now("a")
+    scheduler.schedule_now("b")
+    scheduler.schedule("later", now() + 1)
+    async with running(scheduler):
+        await wait_for(lambda: scheduler.running == 2)
+        cancelled = await scheduler.drain(grace=30)
+        await asyncio.sleep(10)  # past "later"'s due time
+    assert cancelled == 0
+    assert sorted(map(str, finished)) == ["a", "b"]  # finished, and nothing else started
+
+
+async def test_drain_cancels_runs_that_outlast_the_grace() -> None:
+    outcome: list[str] = []
+
+    async def work(key: Hashable) -> float | None:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        outcome.append("finished")
+        return None
+
+    scheduler = Scheduler(work, concurrency=1, clock=now)
+    scheduler.schedule_now("slow")
+    async with running(scheduler):
+        await wait_for(lambda: scheduler.running == 1)
+        started = now()
+        cancelled = await scheduler.drain(grace=10)
+        assert now() - started == pytest.approx(10, abs=0.1)
+    assert (cancelled, outcome) == (1, ["cancelled"])
