@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from . import status
+from . import reasons, status
 from .kube import KubeError
 from .ports import StatusAPI
 from .spec import ObjectKey
@@ -38,7 +38,9 @@ class Reporter:
             previous, ready, reason, message, generation, self.clock()
         )
         if status.is_news(previous, condition):
-            await self.api.post_event(key, uid, "Normal" if ready else "Warning", reason, message)
+            # Warning for anything but a token in place, even while Ready stays True.
+            kind = "Normal" if reason == reasons.TOKEN_ISSUED else "Warning"
+            await self.api.post_event(key, uid, kind, reason, message)
         patch = {
             **(fields or {}),
             "observedGeneration": generation,

@@ -6,20 +6,26 @@ operator does, so debugging never loses the grant."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import reasons
-from .custody import Holder
+from .custody import ClaimHeld, Holder
 from .exchange import Exchanger, read_inputs
 from .kube import Kube
 from .oauth import EndpointPolicy, OAuthError, TokenClient, jwt_claims
 from .spec import API_GROUP, API_VERSION, PLURAL, OAuthClientSpec, SpecError, parse
 from .wire import rfc3339
+
+# How long `token` waits for someone else's refresh of the same refresh token to end.
+CLAIM_WAIT = 60.0
+CLAIM_POLL = 1.0
 
 
 def add_parser(
@@ -53,8 +59,20 @@ async def run(args: argparse.Namespace) -> int:
         spec = parse(body)
         # The operator's own path: the same inputs, the same refresh claim, the same custody
         # of a rotated refresh token.
-        inputs = await read_inputs(kube, spec)
-        result = await Exchanger(kube, tokens, Holder.for_cli()).exchange(spec, inputs)
+        exchanger = Exchanger(kube, tokens, Holder.for_cli())
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            inputs = await read_inputs(kube, spec)
+            try:
+                result = await exchanger.exchange(spec, inputs)
+                break
+            except ClaimHeld as held:
+                # The operator (or another `token`) is refreshing: its turn ends within
+                # seconds, then ours uses the refresh token it persisted.
+                if time.monotonic() > deadline:
+                    raise
+                print(f"waiting: {held.message}", file=sys.stderr)
+                await asyncio.sleep(CLAIM_POLL)
     except (SpecError, OAuthError) as exc:
         reason = getattr(exc, "reason", reasons.INVALID_SPEC)
         print(f"error: {reason}: {exc}", file=sys.stderr)

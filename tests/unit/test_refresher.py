@@ -12,8 +12,9 @@ from typing import Any, cast
 
 import pytest
 import tenacity
+from prometheus_client import REGISTRY
 
-from oauth_token_operator import schedule
+from oauth_token_operator import reasons, schedule
 from oauth_token_operator.config import Settings
 from oauth_token_operator.custody import CLAIM_ANNOTATION
 from oauth_token_operator.kube import KubeError
@@ -668,3 +669,29 @@ async def test_forget_stops_scheduling() -> None:
     assert await world.refresher._run(KEY) is None
     world.refresher.secret_changed(NS, CREDS_SECRET, None)  # no longer a reader: no error
     assert world.refresher.scheduler.due_time(KEY) is None
+
+
+async def test_outcome_unknown_is_said_as_such_not_as_an_ordinary_retry() -> None:
+    """A refresh whose answer never came back: the token in place keeps the client Ready,
+    but the reason, a Warning Event and the metric say that the grant may need a login."""
+    world = World("refresh_token")
+    await world.start()
+    before = REGISTRY.get_sample_value("oauth_token_operator_exchanges_outcome_unknown_total")
+    world.tokens.respond = lambda creds, now: OAuthError(
+        Outcome.TRANSIENT, reasons.EXCHANGE_OUTCOME_UNKNOWN, "no answer after the request"
+    )
+    world.clock.now += LIFETIME - 60
+
+    await world.refresher._run(KEY)
+
+    condition = world.kube.ready()
+    assert (condition["status"], condition["reason"]) == ("True", "ExchangeOutcomeUnknown")
+    assert "new login" in condition["message"]
+    assert world.kube.events[-1][:2] == ("Warning", "ExchangeOutcomeUnknown")
+    after = REGISTRY.get_sample_value("oauth_token_operator_exchanges_outcome_unknown_total")
+    assert (after or 0) == (before or 0) + 1
+    # The rotated-or-not token is still r2 (the only one there is) and the claim is gone.
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r2"
+    assert CLAIM_ANNOTATION not in world.kube.secrets[NS, CREDS_SECRET]["metadata"].get(
+        "annotations", {}
+    )
