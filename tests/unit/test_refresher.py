@@ -695,3 +695,17 @@ async def test_outcome_unknown_is_said_as_such_not_as_an_ordinary_retry() -> Non
     assert CLAIM_ANNOTATION not in world.kube.secrets[NS, CREDS_SECRET]["metadata"].get(
         "annotations", {}
     )
+
+
+async def test_status_names_no_output_secret_that_was_never_written() -> None:
+    """The SECRET column must not point at a Secret a failed first run never created."""
+    world = World()
+    world.tokens.respond = invalid_client
+    await world.start()
+    assert (NS, OUTPUT_SECRET) not in world.kube.secrets
+    assert "secretName" not in world.kube.statuses[KEY]
+
+    world.tokens.respond = world.tokens.issue
+    world.refresher.clients[KEY].force = True
+    await world.refresher._run(KEY)
+    assert world.kube.statuses[KEY]["secretName"] == OUTPUT_SECRET
