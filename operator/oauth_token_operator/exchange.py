@@ -172,19 +172,34 @@ class Exchanger:
     ) -> Exchanged:
         try:
             token = await self._call(spec, creds, ca_pem)
-        except OAuthError:
-            await custody.release(self.api, spec, secret, self.holder)
+        except OAuthError as exc:
+            # An answer we cannot use may still carry a rotated refresh token: keep it. What
+            # cannot be persisted stays on the error for the caller to hold.
+            rotated = exc.rotated_refresh_token
+            if rotated and rotated != creds.refresh_token:
+                if await self._persist(spec, secret, rotated, time.monotonic()):
+                    exc.rotated_refresh_token = None
+            else:
+                exc.rotated_refresh_token = None
+                await custody.release(self.api, spec, secret, self.holder)
             raise
-        answered = time.monotonic()
         if not token.refresh_token or token.refresh_token == creds.refresh_token:
             await custody.release(self.api, spec, secret, self.holder)
             return Exchanged(token)
+        persisted = await self._persist(spec, secret, token.refresh_token, time.monotonic())
+        return Exchanged(token, rotated=True, persisted=persisted)
+
+    async def _persist(
+        self, spec: OAuthClientSpec, secret: dict[str, Any], rotated: str, answered: float
+    ) -> bool:
+        """Writes a rotated refresh token (and releases the claim); False if it could not be
+        written, in which case the caller holds it."""
         turn = (spec.key.namespace, spec.credentials.secret_name)
-        self._written[turn] = refresh_fingerprint(token)
+        self._written[turn] = refresh_fingerprint(Credentials("", refresh_token=rotated))
         try:
-            await custody.persist(self.api, spec, secret, token.refresh_token)
+            await custody.persist(self.api, spec, secret, rotated)
         except KubeError as exc:
             log.warning("%s: could not persist the rotated refresh token: %s", spec.key, exc)
-            return Exchanged(token, rotated=True, persisted=False)
+            return False
         metrics.ROTATION_PERSIST_SECONDS.observe(time.monotonic() - answered)
-        return Exchanged(token, rotated=True)
+        return True

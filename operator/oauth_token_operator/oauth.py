@@ -21,19 +21,29 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from . import reasons
 from .spec import ClientAuth, GrantType, TokenRequest
 
+# Bounds on what a provider can make the operator do or store (README: "Bounds").
 MAX_RESPONSE_BYTES = 256 * 1024
-MAX_LIFETIME = 366 * 86400.0
+MAX_LIFETIME = 366 * 86400.0  # a longer lifetime is held to this: refreshed yearly
+# Beyond this a lifetime (or a JWT exp) is not a long-lived token but a broken answer.
+ABSURD_SECONDS = 100 * 366 * 86400.0
+MAX_TOKEN_TYPE = 64
+MAX_SCOPE = 4096
+MAX_PROVIDER_TEXT = 200  # error descriptions and other provider text shown to users
 DISCOVERY_TTL = 3600.0
 REQUEST_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# Discovery plus the token request, all told: a provider that drip-feeds its answer must not
+# hold one of the operator's few exchange slots for longer.
+EXCHANGE_DEADLINE = 30.0
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
 _METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
@@ -56,12 +66,16 @@ class OAuthError(Exception):
         reason: str,
         message: str,
         retry_after: float | None = None,
+        rotated_refresh_token: str | None = None,
     ) -> None:
         super().__init__(message)
         self.outcome = outcome
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        # A 200 answer that could not be used may still carry a rotated refresh token: the
+        # provider has rotated, so it must be kept. Never part of the message.
+        self.rotated_refresh_token = rotated_refresh_token
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,10 @@ class Credentials:
     client_secret: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     private_key: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> tuple[str | None, ...]:
+        """The values that must never appear in a message."""
+        return (self.client_secret, self.refresh_token, self.private_key)
 
 
 @dataclass(frozen=True)
@@ -93,22 +111,33 @@ class EndpointPolicy:
 
 # OAuth `error` values (RFC 6749 5.2, RFC 8707) and what they mean for us.
 _ERRORS: dict[str, tuple[Outcome, str]] = {
-    "invalid_client": (Outcome.NEEDS_HUMAN, "InvalidClient"),
-    "invalid_grant": (Outcome.NEEDS_HUMAN, "InvalidGrant"),
-    "unauthorized_client": (Outcome.NEEDS_HUMAN, "UnauthorizedClient"),
-    "unsupported_grant_type": (Outcome.NEEDS_HUMAN, "UnsupportedGrantType"),
-    "invalid_scope": (Outcome.NEEDS_HUMAN, "InvalidScope"),
-    "invalid_target": (Outcome.NEEDS_HUMAN, "InvalidTarget"),
-    "invalid_request": (Outcome.NEEDS_HUMAN, "InvalidRequest"),
-    "temporarily_unavailable": (Outcome.TRANSIENT, "ProviderUnavailable"),
-    "server_error": (Outcome.TRANSIENT, "ProviderUnavailable"),
-    "slow_down": (Outcome.TRANSIENT, "RateLimited"),
+    "invalid_client": (Outcome.NEEDS_HUMAN, reasons.INVALID_CLIENT),
+    "invalid_grant": (Outcome.NEEDS_HUMAN, reasons.INVALID_GRANT),
+    "unauthorized_client": (Outcome.NEEDS_HUMAN, reasons.UNAUTHORIZED_CLIENT),
+    "unsupported_grant_type": (Outcome.NEEDS_HUMAN, reasons.UNSUPPORTED_GRANT_TYPE),
+    "invalid_scope": (Outcome.NEEDS_HUMAN, reasons.INVALID_SCOPE),
+    "invalid_target": (Outcome.NEEDS_HUMAN, reasons.INVALID_TARGET),
+    "invalid_request": (Outcome.NEEDS_HUMAN, reasons.INVALID_REQUEST),
+    "temporarily_unavailable": (Outcome.TRANSIENT, reasons.PROVIDER_UNAVAILABLE),
+    "server_error": (Outcome.TRANSIENT, reasons.PROVIDER_UNAVAILABLE),
+    "slow_down": (Outcome.TRANSIENT, reasons.RATE_LIMITED),
 }
 
 
-def _printable(text: str, limit: int = 200) -> str:
+def _printable(text: str, limit: int = MAX_PROVIDER_TEXT) -> str:
     cleaned = "".join(c if c.isprintable() else " " for c in text)
     return cleaned[:limit] + ("…" if len(cleaned) > limit else "")
+
+
+def redact(text: str, secrets: tuple[str | None, ...]) -> str:
+    """Provider text is untrusted: a provider may echo what it was sent. Every known secret
+    value of the client (as sent, and form-encoded) is cut out before the text goes to a
+    status, an Event or a log line."""
+    for value in secrets:
+        if value and len(value) >= 4:
+            for form in {value, quote(value, safe=""), quote_plus(value)}:
+                text = text.replace(form, "[redacted]")
+    return text
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -140,25 +169,25 @@ def map_error_response(status: int, body: bytes, retry_after: float | None) -> O
     if status == 429:
         return OAuthError(
             Outcome.TRANSIENT,
-            "RateLimited",
+            reasons.RATE_LIMITED,
             f"token endpoint answered 429 Too Many Requests{detail}",
             retry_after,
         )
     if status >= 500:
         return OAuthError(
             Outcome.TRANSIENT,
-            "ProviderUnavailable",
+            reasons.PROVIDER_UNAVAILABLE,
             f"token endpoint answered HTTP {status}{detail}",
             retry_after,
         )
     if code is None:
         return OAuthError(
             Outcome.NEEDS_HUMAN,
-            "ProviderRejected",
+            reasons.PROVIDER_REJECTED,
             f"token endpoint answered HTTP {status} without an OAuth error",
             retry_after,
         )
-    outcome, reason = _ERRORS.get(code, (Outcome.NEEDS_HUMAN, "ProviderRejected"))
+    outcome, reason = _ERRORS.get(code, (Outcome.NEEDS_HUMAN, reasons.PROVIDER_REJECTED))
     return OAuthError(
         outcome,
         reason,
@@ -180,53 +209,64 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
     return claims if isinstance(claims, dict) else None
 
 
+def _bounded_number(value: Any, low: float, high: float) -> float | None:
+    """A JSON number within [low, high] as a float; None for anything else. Compared before
+    any conversion: a 400-digit integer does not fit a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not low <= value <= high:
+        return None
+    return float(value)
+
+
 def jwt_expiry(token: str) -> float | None:
-    """The exp claim of a JWT access token, if it is one."""
+    """The exp claim of a JWT access token, if it is one and a plausible time."""
     exp = (jwt_claims(token) or {}).get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp):
-        return float(exp)
-    return None
+    return _bounded_number(exp, 0.0, time.time() + ABSURD_SECONDS)
 
 
 def parse_token_response(body: bytes, issued_at: float, default_lifetime: float) -> Token:
     """Validates a successful token response (RFC 6749 5.1) and works out its expiry:
-    expires_in, else the JWT exp claim, else the configured default lifetime."""
-
-    def malformed(why: str) -> OAuthError:
-        return OAuthError(Outcome.TRANSIENT, "MalformedResponse", f"token response {why}")
-
+    expires_in, else the JWT exp claim, else the configured default lifetime. Every field is
+    checked before use; a broken answer is MalformedResponse, carrying a rotated refresh
+    token if the answer had a usable one."""
     try:
         payload = json.loads(body)
     except ValueError:
-        raise malformed("is not JSON") from None
+        raise _malformed("is not JSON") from None
     if not isinstance(payload, dict):
-        raise malformed("is not a JSON object")
+        raise _malformed("is not a JSON object")
+    rotated = payload.get("refresh_token")
+    rotated = rotated if isinstance(rotated, str) and rotated else None
+
+    def malformed(why: str) -> OAuthError:
+        return _malformed(why, rotated)
+
     access_token = payload.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise malformed("has no access_token")
     token_type = payload.get("token_type", "Bearer")
-    if not isinstance(token_type, str):
-        raise malformed("has a non-string token_type")
+    if not isinstance(token_type, str) or not 0 < len(token_type) <= MAX_TOKEN_TYPE:
+        raise malformed("has an invalid token_type")
     for name in ("refresh_token", "id_token", "scope"):
         if payload.get(name) is not None and not isinstance(payload[name], str):
             raise malformed(f"has a non-string {name}")
+    if len(payload.get("scope") or "") > MAX_SCOPE:
+        raise malformed(f"has a scope longer than {MAX_SCOPE} characters")
 
     expires_in = payload.get("expires_in")
     if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit():
-        # some providers send a string
-        expires_in = int(expires_in)
-    if expires_in is not None and (
-        isinstance(expires_in, bool)
-        or not isinstance(expires_in, int | float)
-        or not math.isfinite(expires_in)
-        or expires_in <= 0
-    ):
-        raise malformed("has an invalid expires_in")
+        expires_in = int(expires_in[:20])  # some providers send a string; 20 digits is plenty
     if expires_in is not None:
-        expires_at = issued_at + float(expires_in)
+        lifetime = _bounded_number(expires_in, 0.0, ABSURD_SECONDS)
+        if lifetime is None or lifetime <= 0:
+            raise malformed("has an invalid expires_in")
+        expires_at = issued_at + lifetime
     else:
         expires_at = jwt_expiry(access_token) or issued_at + default_lifetime
-    # An absurd lifetime (or a JWT exp in year 10000) is held to a year: the token is then
+    # A very long lifetime (or a JWT exp decades away) is held to a year: the token is then
     # refreshed yearly rather than never, and times stay representable.
     expires_at = min(expires_at, issued_at + MAX_LIFETIME)
     return Token(
@@ -235,8 +275,17 @@ def parse_token_response(body: bytes, issued_at: float, default_lifetime: float)
         issued_at=issued_at,
         expires_at=expires_at,
         scope=payload.get("scope"),
-        refresh_token=payload.get("refresh_token") or None,
+        refresh_token=rotated,
         id_token=payload.get("id_token") or None,
+    )
+
+
+def _malformed(why: str, rotated_refresh_token: str | None = None) -> OAuthError:
+    return OAuthError(
+        Outcome.TRANSIENT,
+        reasons.MALFORMED_RESPONSE,
+        f"token response {why}",
+        rotated_refresh_token=rotated_refresh_token,
     )
 
 
@@ -248,7 +297,7 @@ def build_form(
     form["grant_type"] = request.grant_type.value
     if request.grant_type is GrantType.REFRESH_TOKEN:
         if not creds.refresh_token:
-            raise OAuthError(Outcome.NEEDS_HUMAN, "CredentialsInvalid", "no refresh token")
+            raise OAuthError(Outcome.NEEDS_HUMAN, reasons.CREDENTIALS_INVALID, "no refresh token")
         form["refresh_token"] = creds.refresh_token
     if request.scopes:
         form["scope"] = " ".join(request.scopes)
@@ -267,7 +316,7 @@ def client_authentication(
     """The form fields and headers that authenticate the client (RFC 6749 2.3, RFC 7523)."""
     headers = {"Accept": "application/json"}
     if auth in (ClientAuth.BASIC, ClientAuth.POST) and not creds.client_secret:
-        raise OAuthError(Outcome.NEEDS_HUMAN, "CredentialsInvalid", "no client secret")
+        raise OAuthError(Outcome.NEEDS_HUMAN, reasons.CREDENTIALS_INVALID, "no client secret")
     if auth is ClientAuth.BASIC:
         # RFC 6749 2.3.1: id and secret are form-urlencoded before Basic encoding.
         assert creds.client_secret is not None
@@ -287,7 +336,7 @@ def client_authentication(
 def client_assertion(creds: Credentials, audience: str, now: float) -> str:
     """An RFC 7523 client assertion signed with the client's private key."""
     if not creds.private_key:
-        raise OAuthError(Outcome.NEEDS_HUMAN, "CredentialsInvalid", "no private key")
+        raise OAuthError(Outcome.NEEDS_HUMAN, reasons.CREDENTIALS_INVALID, "no private key")
     try:
         key = serialization.load_pem_private_key(creds.private_key.encode(), password=None)
     except (ValueError, TypeError):
@@ -299,7 +348,7 @@ def client_assertion(creds: Credentials, audience: str, now: float) -> str:
     else:
         raise OAuthError(
             Outcome.NEEDS_HUMAN,
-            "CredentialsInvalid",
+            reasons.CREDENTIALS_INVALID,
             "private key is not an unencrypted PEM RSA or EC P-256 key",
         )
     claims = {
@@ -318,7 +367,7 @@ async def check_endpoint(url: str, policy: EndpointPolicy) -> None:
     cloud metadata addresses always (a token request carries credentials)."""
 
     def refuse(why: str) -> OAuthError:
-        return OAuthError(Outcome.NEEDS_HUMAN, "EndpointNotAllowed", f"{url}: {why}")
+        return OAuthError(Outcome.NEEDS_HUMAN, reasons.ENDPOINT_NOT_ALLOWED, f"{url}: {why}")
 
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http"):
@@ -341,7 +390,7 @@ async def check_endpoint(url: str, policy: EndpointPolicy) -> None:
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443)
         except OSError:
             raise OAuthError(
-                Outcome.TRANSIENT, "ProviderUnreachable", f"{url}: cannot resolve {host}"
+                Outcome.TRANSIENT, reasons.PROVIDER_UNREACHABLE, f"{url}: cannot resolve {host}"
             ) from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for address in addresses:
@@ -349,6 +398,8 @@ async def check_endpoint(url: str, policy: EndpointPolicy) -> None:
             address = address.ipv4_mapped  # ::ffff:169.254.169.254 reaches the IPv4 address
         if address.is_link_local or address in _METADATA_ADDRESSES:
             raise refuse(f"{address} is a link-local or metadata address")
+        if address.is_unspecified:
+            raise refuse(f"{address} is the unspecified address (it reaches the operator's host)")
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
@@ -358,7 +409,7 @@ async def _read_limited(response: httpx.Response) -> bytes:
         if size > MAX_RESPONSE_BYTES:
             raise OAuthError(
                 Outcome.TRANSIENT,
-                "MalformedResponse",
+                reasons.MALFORMED_RESPONSE,
                 f"response from {response.url} exceeds {MAX_RESPONSE_BYTES} bytes",
             )
         chunks.append(chunk)
@@ -369,9 +420,12 @@ class TokenClient:
     """Performs exchanges. One instance serves all OAuthClients: it pools connections per
     trust store and caches discovery documents."""
 
-    def __init__(self, policy: EndpointPolicy, clock: Any = time.time) -> None:
+    def __init__(
+        self, policy: EndpointPolicy, clock: Any = time.time, deadline: float = EXCHANGE_DEADLINE
+    ) -> None:
         self.policy = policy
         self._clock = clock
+        self.deadline = deadline
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._discovery: dict[tuple[str, str], tuple[float, str]] = {}
 
@@ -386,7 +440,7 @@ class TokenClient:
                 except (ssl.SSLError, ValueError):
                     raise OAuthError(
                         Outcome.NEEDS_HUMAN,
-                        "InvalidCABundle",
+                        reasons.INVALID_CA_BUNDLE,
                         "the CA bundle is not valid PEM certificates",
                     ) from None
             client = httpx.AsyncClient(
@@ -404,20 +458,38 @@ class TokenClient:
         self._clients.clear()
 
     async def _send(
-        self, http: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        url: str,
+        sent: _Sent | None = None,
+        **kwargs: Any,
     ) -> tuple[int, bytes, httpx.Headers]:
+        """One request. `sent`, when given, records whether the request may have reached the
+        server: after that, a lost answer is an unknown outcome, not a refused request."""
         await check_endpoint(url, self.policy)
+        if sent is not None:
+            kwargs["extensions"] = {"trace": sent.trace}
         try:
             async with http.stream(method, url, **kwargs) as response:
                 return response.status_code, await _read_limited(response), response.headers
-        except httpx.TimeoutException:
-            raise OAuthError(
-                Outcome.TRANSIENT, "ProviderUnreachable", f"{url}: timed out"
-            ) from None
         except httpx.HTTPError as exc:
+            if _verification_failed(exc):
+                raise OAuthError(
+                    Outcome.NEEDS_HUMAN,
+                    reasons.TLS_VERIFICATION_FAILED,
+                    f"{url}: the provider's TLS certificate is not trusted "
+                    f"({_printable(str(exc), 120)}); check spec.tls.caBundleSecretRef",
+                ) from None
+            if sent is not None and sent.maybe:
+                raise sent.unknown(url, type(exc).__name__) from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise OAuthError(
+                    Outcome.TRANSIENT, reasons.PROVIDER_UNREACHABLE, f"{url}: timed out"
+                ) from None
             raise OAuthError(
                 Outcome.TRANSIENT,
-                "ProviderUnreachable",
+                reasons.PROVIDER_UNREACHABLE,
                 f"{url}: {type(exc).__name__}: {_printable(str(exc))}",
             ) from None
 
@@ -450,29 +522,29 @@ class TokenClient:
                 continue
             if status != 200:
                 raise OAuthError(
-                    Outcome.TRANSIENT, "DiscoveryFailed", f"{url} answered HTTP {status}"
+                    Outcome.TRANSIENT, reasons.DISCOVERY_FAILED, f"{url} answered HTTP {status}"
                 )
             try:
                 document = json.loads(body)
             except ValueError:
                 document = None
             if not isinstance(document, dict):
-                raise OAuthError(Outcome.TRANSIENT, "DiscoveryFailed", f"{url} is not JSON")
+                raise OAuthError(Outcome.TRANSIENT, reasons.DISCOVERY_FAILED, f"{url} is not JSON")
             if str(document.get("issuer", "")).rstrip("/") != base:
                 raise OAuthError(
                     Outcome.NEEDS_HUMAN,
-                    "DiscoveryFailed",
+                    reasons.DISCOVERY_FAILED,
                     f"{url} names issuer {_printable(str(document.get('issuer')), 100)!r}, "
                     f"not {issuer!r}",
                 )
             token_endpoint = document.get("token_endpoint")
             if not isinstance(token_endpoint, str) or not token_endpoint:
                 raise OAuthError(
-                    Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"{url} has no token_endpoint"
+                    Outcome.NEEDS_HUMAN, reasons.DISCOVERY_FAILED, f"{url} has no token_endpoint"
                 )
             return token_endpoint
         raise OAuthError(
-            Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"no discovery document under {issuer}"
+            Outcome.NEEDS_HUMAN, reasons.DISCOVERY_FAILED, f"no discovery document under {issuer}"
         )
 
     async def exchange(
@@ -482,14 +554,73 @@ class TokenClient:
         default_lifetime: float,
         ca_pem: str | None = None,
     ) -> Token:
-        """One exchange at the token endpoint; raises OAuthError on any failure."""
+        """One exchange at the token endpoint, discovery included, within the exchange
+        deadline; raises OAuthError on any failure, with provider text redacted."""
+        # Only a refresh request can lose something when its answer is lost.
+        sent = _Sent() if request.grant_type is GrantType.REFRESH_TOKEN else None
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._exchange(request, creds, default_lifetime, ca_pem, sent)
+        except TimeoutError:
+            if sent is not None and sent.maybe:
+                where = request.endpoint.token_endpoint or "token endpoint"
+                raise sent.unknown(where, "deadline") from None
+            raise OAuthError(
+                Outcome.TRANSIENT,
+                reasons.EXCHANGE_DEADLINE_EXCEEDED,
+                f"discovery and the token request took longer than {self.deadline:.0f}s "
+                "(a slow or drip-feeding provider); retrying with backoff",
+            ) from None
+        except OAuthError as exc:
+            exc.message = redact(exc.message, creds.secrets())
+            exc.args = (exc.message,)
+            raise
+
+    async def _exchange(
+        self,
+        request: TokenRequest,
+        creds: Credentials,
+        default_lifetime: float,
+        ca_pem: str | None,
+        sent: _Sent | None,
+    ) -> Token:
         url = await self.token_endpoint(request, ca_pem)
         now = self._clock()
         form, headers = build_form(request, creds, url, now)
         status, body, response_headers = await self._send(
-            self._http(ca_pem), "POST", url, data=form, headers=headers
+            self._http(ca_pem), "POST", url, sent, data=form, headers=headers
         )
         if status != 200:
             retry_after = parse_retry_after(response_headers.get("Retry-After"), self._clock())
             raise map_error_response(status, body, retry_after)
         return parse_token_response(body, now, default_lifetime)
+
+
+class _Sent:
+    """Follows one request through httpcore's trace events."""
+
+    def __init__(self) -> None:
+        self.maybe = False
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        # Once the whole body is written, the provider may act on it whatever happens next.
+        if event.endswith("send_request_body.complete"):
+            self.maybe = True
+
+    @staticmethod
+    def unknown(url: str, what: str) -> OAuthError:
+        return OAuthError(
+            Outcome.TRANSIENT,
+            reasons.EXCHANGE_OUTCOME_UNKNOWN,
+            f"{url}: the refresh request was sent but no answer came back ({what}); if the "
+            "provider rotated the refresh token, the new one was lost with the answer",
+        )
+
+
+def _verification_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -15,6 +15,7 @@ CREDENTIALS_INVALID = "CredentialsInvalid"
 INVALID_CA_BUNDLE = "InvalidCABundle"
 ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
 DISCOVERY_FAILED = "DiscoveryFailed"
+TLS_VERIFICATION_FAILED = "TLSVerificationFailed"  # the provider's certificate is not trusted
 TOKEN_TOO_SHORT_LIVED = "TokenTooShortLived"
 
 # The provider's answers (RFC 6749 5.2 error codes and HTTP failures).
@@ -30,6 +31,7 @@ PROVIDER_UNAVAILABLE = "ProviderUnavailable"
 PROVIDER_UNREACHABLE = "ProviderUnreachable"
 RATE_LIMITED = "RateLimited"
 MALFORMED_RESPONSE = "MalformedResponse"
+EXCHANGE_DEADLINE_EXCEEDED = "ExchangeDeadlineExceeded"  # a slow or drip-feeding provider
 # A refresh request may have reached the provider, but no answer came back: if the provider
 # rotated the refresh token, the new one is lost with the answer.
 EXCHANGE_OUTCOME_UNKNOWN = "ExchangeOutcomeUnknown"

@@ -58,6 +58,8 @@ class ClientState:
     grant_invalid_since: float | None = None
     # Another process holds the refresh claim; its release (a Secret event) wakes us.
     waiting_for_claim: bool = False
+    # When this process last started an exchange for the client (the hard floor).
+    last_exchange: float | None = None
 
 
 class Runner:
@@ -106,6 +108,11 @@ class Runner:
             )
             return decision.due
         assert inputs is not None
+        floor = schedule.next_exchange_allowed(state.last_exchange)
+        if floor > self.clock():
+            # Triggers (Secret events, retries) never bring two exchanges closer than the floor.
+            return floor
+        state.last_exchange = self.clock()
         return await self._exchange(spec, state, inputs, recorded, output)
 
     async def _gather(
@@ -155,6 +162,8 @@ class Runner:
             log.info("%s: %s", spec.key, held.message)
             return held.claim.until
         except OAuthError as exc:
+            if exc.rotated_refresh_token:  # rotated, unusable answer, not yet persisted
+                state.unpersisted_refresh_token = exc.rotated_refresh_token
             return await self._failed(spec, state, recorded, exc, output is not None)
         except KubeError as exc:
             error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
@@ -166,6 +175,18 @@ class Runner:
                 reasons.REFRESH_TOKEN_NOT_PERSISTED,
                 "the rotated refresh token could not be written to Secret "
                 f"{spec.credentials.secret_name} yet; it is kept in memory and retried",
+            )
+            return await self._failed(spec, state, written, error, True)
+        if schedule.too_short_lived(token.issued_at, token.expires_at):
+            error = OAuthError(
+                Outcome.NEEDS_HUMAN,
+                reasons.TOKEN_TOO_SHORT_LIVED,
+                f"the provider issued a token valid for "
+                f"{max(token.expires_at - token.issued_at, 0):.0f}s (expires_in, or the JWT exp "
+                f"claim); the operator exchanges at most every "
+                f"{schedule.MIN_EXCHANGE_INTERVAL:.0f}s per client, so it would always be "
+                "expired: fix the provider's token lifetime or clock (or, for opaque tokens "
+                "without expires_in, spec.refresh.defaultLifetime)",
             )
             return await self._failed(spec, state, written, error, True)
         due = self._plan(spec, state, written)

@@ -31,6 +31,19 @@ HUMAN_RETRY_CAP = 3600.0
 # A Retry-After beyond this is treated as this: a misbehaving provider must not park a client
 # for days.
 RETRY_AFTER_CAP = 3600.0
+# Two exchanges of one client are never closer than this, whatever the spec or the provider's
+# answer says: a token that lives shorter is reported (TokenTooShortLived), not chased.
+MIN_EXCHANGE_INTERVAL = 10.0
+
+
+def next_exchange_allowed(last_exchange: float | None) -> float:
+    """The earliest time of the next exchange of a client (0: any time)."""
+    return 0.0 if last_exchange is None else last_exchange + MIN_EXCHANGE_INTERVAL
+
+
+def too_short_lived(issued_at: float, expires_at: float) -> bool:
+    """A token that is already expired, or expires before the next exchange may happen."""
+    return expires_at - issued_at <= MIN_EXCHANGE_INTERVAL
 
 
 def refresh_at(
@@ -45,7 +58,8 @@ def refresh_at(
     Refresh when max(renewBefore or pct x lifetime, propagation margin) remains, so that
     kubelet has time to update mounted files; jitter only ever moves the time earlier. Never
     sooner than min_interval after issue (no hot loop on short-lived tokens), but a token that
-    lives shorter than twice min_interval is refreshed at half its lifetime instead of late.
+    lives shorter than twice min_interval is refreshed at half its lifetime instead of late;
+    and never sooner than MIN_EXCHANGE_INTERVAL, whatever the token or the policy.
     """
     lifetime = max(expires_at - issued_at, 0.0)
     if policy.renew_before is not None:
@@ -54,7 +68,7 @@ def refresh_at(
         margin = lifetime * policy.renew_before_percentage / 100
     margin = min(max(margin, propagation_margin), lifetime * 0.9)
     margin += rng.uniform(0.0, margin * policy.jitter_percentage / 100)
-    floor = issued_at + min(policy.min_interval, lifetime / 2)
+    floor = issued_at + max(min(policy.min_interval, lifetime / 2), MIN_EXCHANGE_INTERVAL)
     return max(expires_at - margin, floor)
 
 

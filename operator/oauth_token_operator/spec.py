@@ -43,6 +43,10 @@ RESERVED_PARAMS = frozenset(
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# A DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# A provider's token that lives shorter than this cannot be refreshed before it expires.
+MIN_DEFAULT_LIFETIME = 60.0
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -203,6 +207,11 @@ def _endpoint(spec: dict[str, Any]) -> Endpoint:
             not isinstance(url, str) or not url.startswith(("https://", "http://"))
         ):
             raise SpecError(f"spec.{name} must be an http(s) URL")
+        if isinstance(url, str) and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise SpecError(
+                f"spec.{name} must not contain credentials (user:password@): the client's "
+                "credentials belong in credentialsSecretRef"
+            )
     return Endpoint(issuer=issuer, token_endpoint=token_endpoint)
 
 
@@ -223,12 +232,18 @@ def _refresh_policy(refresh: dict[str, Any]) -> RefreshPolicy:
         raise SpecError("spec.refresh.renewBeforePercentage must be an integer from 1 to 90")
     if not isinstance(jitter, int) or not 0 <= jitter <= 50:
         raise SpecError("spec.refresh.jitterPercentage must be an integer from 0 to 50")
+    default_lifetime = duration("defaultLifetime", defaults.default_lifetime)
+    if default_lifetime < MIN_DEFAULT_LIFETIME:
+        raise SpecError(
+            "spec.refresh.defaultLifetime must be at least 1m: a shorter token cannot be "
+            "refreshed before it expires"
+        )
     return RefreshPolicy(
         renew_before_percentage=pct,
         renew_before=duration("renewBefore", 0.0) or None,
         jitter_percentage=jitter,
         min_interval=duration("minInterval", defaults.min_interval),
-        default_lifetime=duration("defaultLifetime", defaults.default_lifetime),
+        default_lifetime=default_lifetime,
     )
 
 
@@ -288,6 +303,15 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
     )
     if output.name == credentials.secret_name:
         raise SpecError("spec.secret.name must differ from spec.credentialsSecretRef.name")
+    if not _SECRET_NAME.match(output.name) or len(output.name) > 253:
+        raise SpecError(f"spec.secret.name {output.name!r} is not a valid Secret name")
+    keys = [output.access_token_key, output.token_type_key, output.expires_at_key]
+    keys = [k for k in (*keys, output.id_token_key) if k]
+    if len(keys) != len(set(keys)):
+        raise SpecError(
+            "spec.secret: accessTokenKey, tokenTypeKey, expiresAtKey and idTokenKey must be "
+            "different keys (one would overwrite another)"
+        )
 
     ca = (spec.get("tls") or {}).get("caBundleSecretRef")
     ca_bundle = None

@@ -74,6 +74,8 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"waiting: {held.message}", file=sys.stderr)
                 await asyncio.sleep(CLAIM_POLL)
     except (SpecError, OAuthError) as exc:
+        if isinstance(exc, OAuthError) and exc.rotated_refresh_token:
+            _keep_unpersisted(spec, exc.rotated_refresh_token)
         reason = getattr(exc, "reason", reasons.INVALID_SPEC)
         print(f"error: {reason}: {exc}", file=sys.stderr)
         return 1

@@ -187,3 +187,30 @@ def test_token_refuses_a_missing_ca_bundle_like_the_operator(
     result = cli(cluster, "token", "api", "-n", cluster.namespace)
     assert result.returncode == 1
     assert "InvalidCABundle" in result.stderr and "no-such-ca" in result.stderr
+
+
+def test_a_dead_grant_tells_the_user_to_log_in_and_since_when(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    identity_provider: IdentityProvider,
+    idp_ca_secret: str,
+    tmp_path: Path,
+) -> None:
+    cluster.create_secret(
+        "creds",
+        {"client_id": RT_POST, "client_secret": RT_POST_SECRET, "refresh_token": "revoked"},
+    )
+    cluster.apply(refresh_client("app", identity_provider, "creds"))
+    with operator(control_plane, cluster, tmp_path / "operator.log"):
+        ready = cluster.wait_not_ready("app")
+        assert ready["reason"] == "InvalidGrant"
+        assert "oauth-token-operator login" in ready["message"]
+        assert f"-n {cluster.namespace} --secret creds" in ready["message"]
+        status = (cluster.get("oauthclient", "app") or {})["status"]
+        assert status["grantInvalidSince"]
+
+        # A new login revives it at once, and the dead-since mark goes away.
+        result = login(cluster, identity_provider, tmp_path, "creds", RT_POST, RT_POST_SECRET)
+        assert result.returncode == 0, result.stderr
+        cluster.wait_ready("app", timeout=30)
+        assert "grantInvalidSince" not in (cluster.get("oauthclient", "app") or {})["status"]

@@ -312,6 +312,16 @@ def test_credentials_cannot_come_from_another_namespace(
         ),
         ({"secret": {"name": "creds"}}, "spec.secret.name must differ"),
         ({"refresh": {"renewBefore": "ten minutes"}}, "spec.refresh.renewBefore"),
+        # What used to be admitted and failed, looped or corrupted the output later.
+        ({"secret": {"name": "a..b"}}, "spec.secret.name"),
+        ({"refresh": {"defaultLifetime": "0s"}}, "defaultLifetime must be at least 1m"),
+        (
+            {"secret": {"accessTokenKey": "token", "tokenTypeKey": "token"}},
+            "must be different keys",
+        ),
+        ({"secret": {"expiresAtKey": "access_token"}}, "must be different keys"),
+        ({"scopes": [f"s{i}" + "x" * 16000 for i in range(64)]}, "spec.scopes"),
+        ({"credentialsSecretRef": {"name": "Bad_Name"}}, "spec.credentialsSecretRef.name"),
     ],
 )
 def test_admission_rejects_bad_specs_with_a_clear_message(
@@ -322,6 +332,16 @@ def test_admission_rejects_bad_specs_with_a_clear_message(
     result = cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_admission_rejects_credentials_in_endpoint_urls(cluster: Cluster) -> None:
+    for field in ("issuer", "tokenEndpoint"):
+        obj = oauth_client("bad", "https://user:pw@idp.example.test/token", "creds")
+        obj["spec"][field] = obj["spec"].pop("issuer")
+        obj["metadata"]["namespace"] = cluster.namespace
+        result = cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), check=False)
+        assert result.returncode != 0
+        assert f"{field} must not contain credentials" in result.stderr
 
 
 def test_no_secret_value_in_operator_logs(

@@ -24,6 +24,7 @@ from oauth_token_operator.custody import (
 )
 from oauth_token_operator.oauth import Credentials, OAuthError, Outcome, Token
 from oauth_token_operator.refresh import Refresher
+from oauth_token_operator.schedule import MIN_EXCHANGE_INTERVAL
 from oauth_token_operator.spec import ObjectKey, TokenRequest
 from tests.unit.test_refresher import (
     CREDS_SECRET,
@@ -279,6 +280,7 @@ async def test_a_new_login_after_invalid_grant_retries_at_once() -> None:
     assert refresher.scheduler.due_time(key) == clock.now
 
     tokens.revoked = False
+    clock.now += MIN_EXCHANGE_INTERVAL
     await refresher._run(key)
     status = kube.statuses[key]
     assert status["conditions"][0]["status"] == "True"

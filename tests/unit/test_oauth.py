@@ -26,6 +26,7 @@ from oauth_token_operator.oauth import (
     map_error_response,
     parse_retry_after,
     parse_token_response,
+    redact,
 )
 from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, TokenRequest
 
@@ -496,3 +497,56 @@ async def test_ipv4_mapped_metadata_address_refused() -> None:
     with pytest.raises(OAuthError) as err:
         await check_endpoint("https://[::ffff:169.254.169.254]/", EndpointPolicy())
     assert err.value.reason == "EndpointNotAllowed"
+
+
+# --- bounds on what a provider answers (issue: no bad answer becomes a crash) ----------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"access_token": "a", "expires_in": 1' + b"0" * 400 + b"}",  # int too large for float
+        b'{"access_token": "a", "expires_in": 1e400}',  # inf
+        b'{"access_token": "a", "expires_in": -5}',
+        b'{"access_token": "a", "expires_in": "9' + b"9" * 300 + b'"}',
+        b'{"access_token": "a", "token_type": "' + b"B" * 100 + b'"}',
+        b'{"access_token": "a", "scope": "' + b"s" * 5000 + b'"}',
+    ],
+)
+def test_absurd_numbers_and_sizes_are_malformed_not_a_crash(body: bytes) -> None:
+    with pytest.raises(OAuthError) as err:
+        parse_token_response(body, NOW, 3600.0)
+    assert err.value.reason == "MalformedResponse"
+
+
+def test_a_jwt_exp_too_large_for_a_float_falls_back_to_the_default_lifetime() -> None:
+    payload = base64.urlsafe_b64encode(b'{"exp": 1' + b"0" * 400 + b"}").rstrip(b"=").decode()
+    token = parse_token_response(
+        json.dumps({"access_token": f"e30.{payload}.c2ln"}).encode(), NOW, 3600.0
+    )
+    assert token.expires_at == NOW + 3600.0
+
+
+def test_a_malformed_answer_keeps_its_rotated_refresh_token_out_of_sight() -> None:
+    body = b'{"access_token": "a", "expires_in": "soon", "refresh_token": "rotated-rt"}'
+    with pytest.raises(OAuthError) as err:
+        parse_token_response(body, NOW, 3600.0)
+    assert err.value.rotated_refresh_token == "rotated-rt"
+    assert "rotated-rt" not in str(err.value) + repr(err.value) + err.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["https://0.0.0.0/token", "https://[::]/token", "https://0.0.0.0:8443/token"]
+)
+async def test_unspecified_addresses_are_refused(url: str) -> None:
+    with pytest.raises(OAuthError) as err:
+        await check_endpoint(url, EndpointPolicy())
+    assert err.value.reason == "EndpointNotAllowed"
+    assert "unspecified" in err.value.message
+
+
+def test_redact_removes_every_form_of_a_secret() -> None:
+    text = "bad secret s3cr3t+/= (s3cr3t%2B%2F%3D, s3cr3t%2B%2F%3D) and rt-123456"
+    cleaned = redact(text, ("s3cr3t+/=", "rt-123456", None, "ab"))
+    assert "s3cr3t" not in cleaned and "rt-123456" not in cleaned
+    assert cleaned.count("[redacted]") == 4

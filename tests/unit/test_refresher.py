@@ -610,7 +610,7 @@ async def test_changed_credentials_trigger_a_prompt_exchange() -> None:
     world = World()
     await world.refresher.observe(world.body())
     due = await run_and_schedule(world)
-    world.clock.now += 5
+    world.clock.now += schedule.MIN_EXCHANGE_INTERVAL
 
     creds_secret = await world.kube.get_secret(NS, CREDS_SECRET)
     assert creds_secret is not None
@@ -637,6 +637,7 @@ async def test_fixed_credentials_after_invalid_client_retry_at_once() -> None:
     assert world.refresher.scheduler.due_time(KEY) == world.clock.now
 
     world.tokens.respond = world.tokens.issue
+    world.clock.now += schedule.MIN_EXCHANGE_INTERVAL  # the floor between two exchanges
     await world.refresher._run(KEY)
     assert world.kube.ready()["status"] == "True"
     assert [e[:2] for e in world.kube.events] == [
@@ -655,6 +656,7 @@ async def test_deleted_output_secret_triggers_a_new_token() -> None:
     world.refresher.secret_changed(NS, OUTPUT_SECRET, None)
     assert world.refresher.scheduler.due_time(KEY) == world.clock.now < due
 
+    world.clock.now += schedule.MIN_EXCHANGE_INTERVAL
     await world.refresher._run(KEY)
     assert len(world.tokens.calls) == 2
     assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-2"
@@ -707,5 +709,41 @@ async def test_status_names_no_output_secret_that_was_never_written() -> None:
 
     world.tokens.respond = world.tokens.issue
     world.refresher.clients[KEY].force = True
+    world.clock.now += schedule.MIN_EXCHANGE_INTERVAL
     await world.refresher._run(KEY)
     assert world.kube.statuses[KEY]["secretName"] == OUTPUT_SECRET
+
+
+async def test_no_trigger_brings_two_exchanges_closer_than_the_floor() -> None:
+    """Secret events, spec changes and retries may all ask for a run at once; the exchanges
+    of one client stay MIN_EXCHANGE_INTERVAL apart, whatever asks."""
+    world = World()
+    await world.start()
+    for _ in range(5):
+        world.clock.now += 1
+        world.refresher.clients[KEY].force = True
+        due = await world.refresher._run(KEY)
+        assert due == START + schedule.MIN_EXCHANGE_INTERVAL
+    assert len(world.tokens.calls) == 1
+    world.clock.now = START + schedule.MIN_EXCHANGE_INTERVAL
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"access_token": "opaque", "expires_in": 1}',
+        # A JWT whose exp is already past, and no expires_in.
+        b'{"access_token": "e30.eyJleHAiOiAxNjAwMDAwMDAwfQ.c2ln"}',
+    ],
+)
+async def test_a_token_too_short_lived_is_reported_not_chased(answer: bytes) -> None:
+    world = World()
+    world.tokens.respond = lambda creds, now: parse_token_response(answer, now, LIFETIME)
+    due = await world.start()
+
+    condition = world.kube.ready()
+    assert (condition["status"], condition["reason"]) == ("False", "TokenTooShortLived")
+    assert "lifetime" in condition["message"]
+    assert due is not None and due - START >= schedule.HUMAN_RETRY_BASE / 2  # not a tight loop

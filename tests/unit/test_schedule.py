@@ -15,10 +15,12 @@ from oauth_token_operator.schedule import (
     BACKOFF_CAP,
     HUMAN_RETRY_BASE,
     HUMAN_RETRY_CAP,
+    MIN_EXCHANGE_INTERVAL,
     RETRY_AFTER_CAP,
     Scheduler,
     refresh_at,
     retry_delay,
+    too_short_lived,
 )
 from oauth_token_operator.spec import RefreshPolicy
 
@@ -92,7 +94,7 @@ def test_min_interval_prevents_hot_loop_after_issue() -> None:
         assert due < ISSUED + HOUR
 
 
-@pytest.mark.parametrize("lifetime", [1.0, 10.0, 30.0, 45.0, 59.0])
+@pytest.mark.parametrize("lifetime", [21.0, 30.0, 45.0, 59.0])
 def test_very_short_tokens_refresh_by_half_lifetime_and_before_expiry(lifetime: float) -> None:
     policy = RefreshPolicy(min_interval=30.0)  # lifetime < 2 * min_interval
     expires = ISSUED + lifetime
@@ -100,7 +102,19 @@ def test_very_short_tokens_refresh_by_half_lifetime_and_before_expiry(lifetime: 
         due = refresh_at(ISSUED, expires, policy, 90.0, rng)
         assert due <= ISSUED + lifetime / 2 + 1e-9
         assert due < expires
-        assert due >= ISSUED
+        assert due >= ISSUED + MIN_EXCHANGE_INTERVAL
+
+
+@pytest.mark.parametrize("lifetime", [-5.0, 0.0, 1.0, 5.0, 10.0])
+def test_tokens_too_short_to_refresh_in_time_are_not_chased(lifetime: float) -> None:
+    """expires_in 1, a JWT already expired: the next exchange waits for the hard floor (the
+    run reports TokenTooShortLived) instead of a tight loop."""
+    policy = RefreshPolicy(min_interval=0.0, renew_before=0.001)
+    for rng in rngs():
+        due = refresh_at(ISSUED, ISSUED + lifetime, policy, 0.0, rng)
+        assert due == ISSUED + MIN_EXCHANGE_INTERVAL
+    assert too_short_lived(ISSUED, ISSUED + lifetime)
+    assert not too_short_lived(ISSUED, ISSUED + MIN_EXCHANGE_INTERVAL + 1)
 
 
 @pytest.mark.parametrize(
@@ -114,12 +128,16 @@ def test_very_short_tokens_refresh_by_half_lifetime_and_before_expiry(lifetime: 
         RefreshPolicy(min_interval=10 * HOUR),
     ],
 )
-@pytest.mark.parametrize("lifetime", [0.5, 5.0, 60.0, HOUR, 864000.0])
+@pytest.mark.parametrize("lifetime", [0.5, 5.0, 25.0, 60.0, HOUR, 864000.0])
 @pytest.mark.parametrize("margin", [0.0, 90.0, 600.0])
-def test_due_is_always_before_expiry(policy: RefreshPolicy, lifetime: float, margin: float) -> None:
+def test_due_is_before_expiry_and_never_inside_the_floor(
+    policy: RefreshPolicy, lifetime: float, margin: float
+) -> None:
     for seed in range(30):
         due = refresh_at(ISSUED, ISSUED + lifetime, policy, margin, random.Random(seed))
-        assert ISSUED <= due < ISSUED + lifetime
+        assert due >= ISSUED + MIN_EXCHANGE_INTERVAL
+        if not too_short_lived(ISSUED, ISSUED + lifetime):
+            assert due < ISSUED + lifetime
 
 
 def test_ten_day_token_refreshes_days_before_expiry() -> None:

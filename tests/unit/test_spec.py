@@ -289,3 +289,27 @@ def test_spec_hash_is_stable_and_ignores_generation() -> None:
     b_body["metadata"]["generation"] = 99
     b: OAuthClientSpec = parse(b_body)
     assert a.spec_hash == b.spec_hash == parse(body(**BASE)).spec_hash
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"secret": {"accessTokenKey": "token", "tokenTypeKey": "token"}}, "different keys"),
+        ({"secret": {"expiresAtKey": "access_token"}}, "different keys"),
+        ({"secret": {"idTokenKey": "token_type"}}, "different keys"),
+        ({"secret": {"name": "a..b"}}, "not a valid Secret name"),
+        ({"secret": {"name": "-token"}}, "not a valid Secret name"),
+        ({"refresh": {"defaultLifetime": "0s"}}, "at least 1m"),
+        ({"refresh": {"defaultLifetime": "1ms"}}, "at least 1m"),
+        ({"issuer": "https://user:pw@auth.example.com"}, "must not contain credentials"),
+    ],
+)
+def test_what_would_corrupt_output_or_loop_is_refused(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse(body(**spec))
+    assert message in str(err.value)
+
+
+def test_distinct_keys_and_empty_optional_keys_are_fine() -> None:
+    out = parse(body(secret={"tokenTypeKey": "", "expiresAtKey": "", "idTokenKey": ""})).output
+    assert out.access_token_key == "access_token"

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
 
 from oauth_token_operator import oauth
+from oauth_token_operator.config import Settings
 from oauth_token_operator.oauth import (
     Credentials,
     EndpointPolicy,
@@ -20,7 +23,10 @@ from oauth_token_operator.oauth import (
     Outcome,
     TokenClient,
 )
-from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, TokenRequest
+from oauth_token_operator.refresh import Refresher
+from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, ObjectKey, TokenRequest
+from tests.support.pki import TestCA
+from tests.unit.test_refresher import CREDS_SECRET, NS, FakeKube, b64, client_body
 
 
 @dataclass
@@ -335,3 +341,152 @@ async def test_429_with_garbled_retry_after_is_still_an_oauth_error(
     idp.routes["POST", "/token"] = garbled
     err = await exchange(client, direct(idp))
     assert err.reason == "RateLimited"
+
+
+# --- a slow provider, lost answers, untrusted certificates, echoed secrets --------------
+
+
+def refresh(idp: FakeIdP) -> TokenRequest:
+    return TokenRequest(
+        endpoint=Endpoint(token_endpoint=idp.base + "/token"),
+        grant_type=GrantType.REFRESH_TOKEN,
+        client_auth=ClientAuth.POST,
+    )
+
+
+REFRESH_CREDS = Credentials("client-1", "s3cret", refresh_token="rt-old-123")
+
+
+async def drip(request: Request, writer: asyncio.StreamWriter) -> None:
+    """Headers at once, then one byte of body every 0.4 s: every read succeeds in time."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99\r\n\r\n")
+    for byte in b'{"access_token": "at-1"' + b" " * 70:
+        await writer.drain()
+        writer.write(bytes([byte]))
+        await asyncio.sleep(0.4)
+
+
+async def test_a_drip_feeding_provider_hits_the_exchange_deadline(idp: FakeIdP) -> None:
+    idp.routes["POST", "/token"] = drip
+    tokens = TokenClient(EndpointPolicy(allow_http=True), deadline=1.0)
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        err = await exchange(tokens, direct(idp))
+        assert loop.time() - started < 3  # per-read timeouts alone would wait ~40 s
+        assert (err.outcome, err.reason) == (Outcome.TRANSIENT, "ExchangeDeadlineExceeded")
+
+        # A refresh request was sent in full: its lost answer is an unknown outcome.
+        with pytest.raises(OAuthError) as unknown:
+            await tokens.exchange(refresh(idp), REFRESH_CREDS, 3600.0)
+        assert unknown.value.reason == "ExchangeOutcomeUnknown"
+        assert "rotated" in unknown.value.message
+    finally:
+        await tokens.aclose()
+
+
+async def hang_up(request: Request, writer: asyncio.StreamWriter) -> None:
+    writer.transport.abort()  # read the request, then reset: no answer
+
+
+async def test_a_refresh_answer_lost_after_sending_is_outcome_unknown(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    idp.routes["POST", "/token"] = hang_up
+    with pytest.raises(OAuthError) as err:
+        await client.exchange(refresh(idp), REFRESH_CREDS, 3600.0)
+    assert (err.value.outcome, err.value.reason) == (Outcome.TRANSIENT, "ExchangeOutcomeUnknown")
+    # Client credentials lose nothing with a lost answer: an ordinary transient error.
+    cc = await exchange(client, direct(idp))
+    assert cc.reason == "ProviderUnreachable"
+
+
+async def test_a_refused_connection_is_not_outcome_unknown(client: TokenClient) -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    request = TokenRequest(
+        endpoint=Endpoint(token_endpoint=f"http://127.0.0.1:{port}/token"),
+        grant_type=GrantType.REFRESH_TOKEN,
+        client_auth=ClientAuth.POST,
+    )
+    with pytest.raises(OAuthError) as err:
+        await client.exchange(request, REFRESH_CREDS, 3600.0)
+    assert err.value.reason == "ProviderUnreachable"  # never reached the provider
+
+
+async def test_provider_text_echoing_secrets_is_redacted(idp: FakeIdP, client: TokenClient) -> None:
+    idp.routes["POST", "/token"] = response(
+        400,
+        json.dumps(
+            {
+                "error": "invalid_grant",
+                "error_description": "refresh token rt-old-123 for secret s3cret is unknown",
+            }
+        ).encode(),
+    )
+    with pytest.raises(OAuthError) as err:
+        await client.exchange(refresh(idp), REFRESH_CREDS, 3600.0)
+    assert err.value.reason == "InvalidGrant"
+    text = err.value.message + str(err.value)
+    assert "rt-old-123" not in text and "s3cret" not in text
+    assert "[redacted]" in text
+
+
+async def test_an_untrusted_certificate_needs_a_person(tmp_path: Path) -> None:
+    cert, key = TestCA("not trusted by anyone").server_cert(("127.0.0.1",)).write(tmp_path, "s")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    tokens = TokenClient(EndpointPolicy())
+    request = TokenRequest(
+        endpoint=Endpoint(token_endpoint=f"https://127.0.0.1:{port}/token"),
+        grant_type=GrantType.CLIENT_CREDENTIALS,
+        client_auth=ClientAuth.BASIC,
+    )
+    try:
+        err = await exchange(tokens, request)
+    finally:
+        await tokens.aclose()
+        server.close()
+        await server.wait_closed()
+    assert (err.outcome, err.reason) == (Outcome.NEEDS_HUMAN, "TLSVerificationFailed")
+    assert "caBundleSecretRef" in err.message
+
+
+async def test_one_slow_provider_cannot_starve_other_clients(idp: FakeIdP) -> None:
+    """Four clients of a drip-feeding provider and one of a healthy one share two exchange
+    slots: the deadline frees the slots, and the healthy client gets its token."""
+    idp.routes["POST", "/slow"] = drip
+    idp.routes["POST", "/fast"] = response(200, token_json("at-fast", 3600))
+    kube = FakeKube()
+    kube.put(
+        NS,
+        {
+            "metadata": {"name": CREDS_SECRET, "namespace": NS},
+            "data": {"client_id": b64("c"), "client_secret": b64("s")},
+        },
+    )
+    tokens = TokenClient(EndpointPolicy(allow_http=True), deadline=1.0)
+    refresher = Refresher(kube, tokens, Settings(concurrency=2))
+    names = ["slow-1", "slow-2", "slow-3", "slow-4", "fast"]
+    for name in names:
+        body = client_body(tokenEndpoint=idp.base + ("/fast" if name == "fast" else "/slow"))
+        body["metadata"] = {"name": name, "namespace": NS, "uid": name, "generation": 1}
+        await refresher.observe(body)
+    scheduler = asyncio.create_task(refresher.scheduler.run())
+    try:
+        for _ in range(200):  # at most 10 s; without the deadline the drip takes ~40 s each
+            if (NS, "fast-token") in kube.secrets:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
+        await tokens.aclose()
+    assert kube.data("fast-token")["access_token"] == "at-fast"
+    for name in names[:2]:
+        (condition,) = kube.statuses[ObjectKey(NS, name)]["conditions"]
+        assert condition["reason"] == "ExchangeDeadlineExceeded"
