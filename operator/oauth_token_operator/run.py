@@ -80,7 +80,6 @@ class Runner:
 
     async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
         """One pass; returns when to run next."""
-        state.waiting_for_claim = False
         try:
             output, gathered, inputs = await self._gather(spec, state)
         except KubeError as exc:
@@ -95,6 +94,7 @@ class Runner:
             return await self._failed(spec, state, recorded, decision.error, output is not None)
         if isinstance(decision, decide.Reuse):
             assert recorded is not None
+            state.waiting_for_claim = False
             metrics.REUSED_TOKENS.inc()
             log.info(
                 "%s: token in Secret %s is valid until %s; next refresh at %s (no exchange needed)",
@@ -112,7 +112,6 @@ class Runner:
         if floor > self.clock():
             # Triggers (Secret events, retries) never bring two exchanges closer than the floor.
             return floor
-        state.last_exchange = self.clock()
         return await self._exchange(spec, state, inputs, recorded, output)
 
     async def _gather(
@@ -146,6 +145,8 @@ class Runner:
         recorded: RecordedToken | None,
         output: dict[str, Any] | None,
     ) -> float:
+        state.waiting_for_claim = False
+        previous_exchange, state.last_exchange = state.last_exchange, self.clock()
         try:
             result = await self.exchanger.exchange(spec, inputs)
             token = result.token
@@ -155,6 +156,9 @@ class Runner:
                 state.unpersisted_refresh_token = token.refresh_token
             await self._write_output(spec, token, output)
         except ClaimHeld as held:
+            # Nothing was sent: the floor still counts from our last real exchange, so the
+            # holder's release (a Secret event) can start ours at once.
+            state.last_exchange = previous_exchange
             state.waiting_for_claim = True
             if recorded is None or recorded.expires_at <= self.clock():
                 return await self._failed(spec, state, recorded, held, output is not None)

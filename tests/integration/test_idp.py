@@ -200,6 +200,8 @@ def test_stats_count_token_requests(
     assert identity_provider.stats() == {
         "tokenRequests": 0,
         "byGrant": {"client_credentials": 0, "refresh_token": 0, "authorization_code": 0},
+        "invalidGrant": 0,
+        "invalidGrantReasons": {},
     }
     form = {"grant_type": "client_credentials"}
     http.post(identity_provider.token_endpoint, data=form, auth=(CC_BASIC, CC_BASIC_SECRET))
@@ -211,3 +213,4 @@ def test_stats_count_token_requests(
     assert stats["byGrant"]["client_credentials"] == 2  # the rejected one counts too
     assert stats["byGrant"]["refresh_token"] == 1
     assert stats["byGrant"]["authorization_code"] == 0
+    assert stats["invalidGrant"] == 1  # the unknown refresh token

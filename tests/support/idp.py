@@ -42,7 +42,7 @@ RT_POST = "rt-post"
 RT_POST_SECRET = "rt-post-secret"
 RT_PUBLIC = "rt-public"
 
-_READY_TIMEOUT = 30.0
+_READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 5.0
 
 

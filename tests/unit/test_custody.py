@@ -172,6 +172,31 @@ async def test_a_claim_held_elsewhere_is_waited_for_not_overtaken() -> None:
     assert "cli@laptop/77" in condition["message"]
 
 
+async def test_a_released_claim_is_used_at_once_not_after_the_floor() -> None:
+    """A wait for someone else's claim sent nothing: when the holder releases it a second
+    later, our exchange starts then, not MIN_EXCHANGE_INTERVAL after the attempt (two
+    `token` loops would otherwise starve the operator until its token expired)."""
+    w = shared_world()
+    kube, tokens, refresher, clock = w.kube, w.tokens, w.refresher, w.clock
+    await refresher.observe(body("a"))
+    key = ObjectKey(NS, "a")
+    await refresher._run(key)
+    clock.now += LIFETIME  # due again
+    claimed_by(kube, "cli@laptop/77", clock.now + 40)
+    await refresher._run(key)
+    assert len(tokens.calls) == 1
+
+    clock.now += 1
+    released = copy.deepcopy(kube.secrets[NS, CREDS_SECRET])
+    del released["metadata"]["annotations"][CLAIM_ANNOTATION]
+    kube.put(NS, released)
+    refresher.secret_changed(NS, CREDS_SECRET, kube.secrets[NS, CREDS_SECRET])
+    await refresher._run(key)
+
+    assert [c.refresh_token for c in tokens.calls] == ["r1", "r2"]
+    assert not tokens.revoked
+
+
 async def test_a_dead_predecessors_claim_is_taken_over_at_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
