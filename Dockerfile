@@ -10,6 +10,10 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ARG UV_VERSION=0.13.9
+# Only for builders behind a TLS-inspecting proxy: a CA bundle for pip and uv, mounted at
+# build time (see scripts/build-image). Unset by default; the final image never holds it.
+ARG PIP_CERT
+ARG SSL_CERT_FILE
 RUN pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_PYTHON_DOWNLOADS=never \
@@ -31,6 +35,10 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # 65532 is the conventional "nonroot" uid/gid; the Helm chart runs the pod as the same ids.
+# A passwd entry for it: libraries that ask who they run as (getpass) fail without one.
+RUN groupadd --gid 65532 nonroot \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin nonroot
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT ["oauth-token-operator"]

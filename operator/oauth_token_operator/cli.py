@@ -11,16 +11,44 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from .config import Settings
 from .logs import configure_logging
 from .oauth import EndpointPolicy
 from .spec import SpecError, parse_duration
 
+T = TypeVar("T")
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(f"OAUTH_TOKEN_OPERATOR_{name}", default)
+
+
+def _env_as(name: str, default: str, convert: Callable[[str], T]) -> T:
+    """An environment default converted up front, with an error that names the variable."""
+    value = _env(name, default)
+    try:
+        return convert(value)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        hint = ""
+        if name.endswith("_PORT") and value.startswith("tcp://"):
+            # Kubernetes service links: a Service named oauth-token-operator-metrics gives
+            # the pods beside it OAUTH_TOKEN_OPERATOR_METRICS_PORT=tcp://10.0.0.1:9090.
+            service = f"oauth-token-operator-{name.removesuffix('_PORT').lower()}"
+            hint = (
+                f"; a Service named {service} sets it in pods that do not say "
+                "enableServiceLinks: false"
+            )
+        sys.exit(f"error: OAUTH_TOKEN_OPERATOR_{name}={value!r} is not valid ({exc}){hint}")
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number")
+    return port
 
 
 def _csv(value: str) -> list[str]:
@@ -74,19 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         type=int,
-        default=int(_env("CONCURRENCY", "16")),
+        default=_env_as("CONCURRENCY", "16", int),
         help="exchanges and writes in flight at once",
     )
     run.add_argument(
         "--propagation-margin",
         type=_duration,
-        default=_duration(_env("PROPAGATION_MARGIN", "90s")),
+        default=_env_as("PROPAGATION_MARGIN", "90s", _duration),
         help="renew at least this long before expiry (kubelet Secret sync)",
     )
     run.add_argument(
         "--drain-timeout",
         type=_duration,
-        default=_duration(_env("DRAIN_TIMEOUT", "25s")),
+        default=_env_as("DRAIN_TIMEOUT", "25s", _duration),
         help="on SIGTERM, how long runs in progress may take before they are cancelled "
         "(a refresh already sent always finishes and persists); keep it below the pod's "
         "terminationGracePeriodSeconds",
@@ -104,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--health-port",
-        type=int,
-        default=int(_env("HEALTH_PORT", "8080")),
+        type=_port,
+        default=_env_as("HEALTH_PORT", "8080", _port),
         help="port for GET /healthz (0: off)",
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", "9090")),
+        type=_port,
+        default=_env_as("METRICS_PORT", "9090", _port),
         help="port for GET /metrics (0: off)",
     )
 
@@ -163,6 +191,10 @@ def run_operator(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
+        # Our own name for the peering record, not kopf's user@host guess (which looks the
+        # uid up in /etc/passwd); unique per process, as two replicas must never share one.
+        # (kopf's Identity is a NewType of str that kopf does not export.)
+        identity=cast(Any, f"{args.identity}/{secrets.token_hex(3)}"),
         # kopf pauses every peer but the one with the highest priority; equal priorities
         # would pause them all, so each replica draws its own.
         priority=secrets.randbelow(1_000_000) + 1 if args.peering else 0,

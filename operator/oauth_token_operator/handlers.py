@@ -4,7 +4,10 @@ Refresher. All logic lives in refresh.py; the Refresher lives in kopf's memo."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -17,6 +20,8 @@ from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 5.0
+
 
 def registry_for(settings: Settings) -> kopf.OperatorRegistry:
     """A registry with the operator's handlers, bound to these settings."""
@@ -26,6 +31,11 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same sources as Kube.connect(): in-cluster service account, else KUBECONFIG.
         info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        if info is not None:
+            # kopf assumes https://kubernetes.default.svc, which needs cluster DNS (not there
+            # for hostNetwork pods, among others); Kube.connect() and client-go use the
+            # address kubelet gives every pod.
+            info = dataclasses.replace(info, server=in_cluster_server(os.environ) or info.server)
         return info or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(id="start", registry=registry)
@@ -44,9 +54,16 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
         cancelled = await memo.refresher.scheduler.drain(operator_settings.drain_timeout)
         log.info("drained; %d runs cancelled after the drain timeout", cancelled)
         memo.scheduler.cancel()
-        await asyncio.gather(memo.scheduler, return_exceptions=True)
-        await memo.refresher.tokens.aclose()
-        await memo.refresher.kube.close()
+        # Nothing is in flight any more: stopping the loop and closing connections must not
+        # hold the exit (and the pod's grace period) however a peer behaves.
+        stuck = (await asyncio.wait({memo.scheduler}, timeout=CLOSE_TIMEOUT))[1]
+        if stuck:
+            log.warning("the scheduler did not stop within %.0fs; exiting anyway", CLOSE_TIMEOUT)
+        for close in (memo.refresher.tokens.aclose, memo.refresher.kube.close):
+            closing = asyncio.ensure_future(close())
+            stuck = (await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT))[1]
+            if stuck:
+                log.warning("connections not closed within %.0fs; exiting anyway", CLOSE_TIMEOUT)
 
     @kopf.on.event(API_GROUP, API_VERSION, PLURAL, id="oauthclient", registry=registry)
     async def oauthclient_event(
@@ -78,3 +95,12 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server's address as kubelet tells every pod, as client-go reads it."""
+    host = environ.get("KUBERNETES_SERVICE_HOST")
+    port = environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"

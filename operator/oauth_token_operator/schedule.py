@@ -193,8 +193,11 @@ class Scheduler:
         timeout = None  # draining: nothing more starts, so nothing to wake up for
         if self._heap and len(self._running) < self._slots and not self._draining:
             timeout = max(self._heap[0][0] - self._clock(), 0.0)
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for drops a cancellation that
+        # arrives as the event is set, and a stop right after a drain then never ended.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _run_one(self, key: Hashable) -> None:
         next_at: float | None

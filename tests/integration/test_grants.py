@@ -43,12 +43,6 @@ def refresh_client(name: str, idp: IdentityProvider, credentials: str) -> dict[s
     )
 
 
-def in_flight(idp: IdentityProvider) -> int:
-    """Token requests the provider received and has not answered yet."""
-    stats = idp.stats()
-    return int(stats["tokenRequests"]) - int(sum(stats["byGrant"].values()))
-
-
 def operator(control_plane: ControlPlane, cluster: Cluster, log: Path) -> OperatorProcess:
     return OperatorProcess(
         control_plane.kubeconfig_path,
@@ -80,7 +74,7 @@ def test_sigterm_with_refreshes_in_flight_loses_no_grant(
         rotating_idp.reset_stats()
         rotating_idp.delay_token_answers(3000)
         eventually(
-            lambda: in_flight(rotating_idp) >= 1,
+            lambda: rotating_idp.in_flight() >= 1,
             timeout=40,
             interval=0.05,
             what="a refresh in flight",

@@ -24,7 +24,7 @@ from tests.support.idp import (
     RT_PUBLIC,
     TEST_LOGIN,
     IdentityProvider,
-    complete_login,
+    authorization_code_grant,
 )
 
 pytestmark = pytest.mark.integration
@@ -101,41 +101,8 @@ def test_wrong_secret_is_invalid_client(
 
 def login(identity_provider: IdentityProvider, http: httpx.Client, client_id: str) -> str:
     """Runs authorize → login → consent → code exchange; returns the first refresh token."""
-    verifier, challenge = pkce_pair()
-    state = secrets.token_urlsafe(16)
-    query = {
-        "client_id": client_id,
-        "response_type": "code",
-        "redirect_uri": REDIRECT_URI,
-        "scope": "openid offline_access",
-        # oidc-provider only grants offline_access when consent is explicitly prompted.
-        "prompt": "consent",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-        "state": state,
-        "sub_type": "user",
-    }
-    location = complete_login(
-        f"{identity_provider.authorization_endpoint}?{urlencode(query)}", http
-    )
-
-    assert location.startswith(f"{REDIRECT_URI}?"), location
-    params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-    assert params["state"] == state
-    assert params["iss"] == identity_provider.issuer
-
-    form = {
-        "grant_type": "authorization_code",
-        "code": params["code"],
-        "redirect_uri": REDIRECT_URI,
-        "code_verifier": verifier,
-        "client_id": client_id,
-    }
-    if client_id == RT_POST:
-        form["client_secret"] = RT_POST_SECRET
-    response = http.post(identity_provider.token_endpoint, data=form)
-    assert response.status_code == 200, response.text
-    body = response.json()
+    secret = RT_POST_SECRET if client_id == RT_POST else None
+    body = authorization_code_grant(identity_provider, client_id, secret, REDIRECT_URI)
     assert claims(body["id_token"])["sub"] == TEST_LOGIN
     access = claims(body["access_token"])
     assert access["sub"] == TEST_LOGIN

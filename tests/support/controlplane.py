@@ -14,6 +14,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import json
 import re
 import shutil
 import signal
@@ -139,8 +140,21 @@ class ControlPlane:
     data, logs, kubeconfigs) lives in one temporary directory that stop() removes.
     """
 
-    def __init__(self, *, startup_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        *,
+        startup_timeout: float = 90.0,
+        service_account_admission: bool = False,
+        audit: bool = False,
+    ) -> None:
         self.startup_timeout = startup_timeout
+        # An audit log of Secret writes: who (which user or ServiceAccount) wrote what.
+        self.audit = audit
+        # With a node (tests/support/node.py) pods need their ServiceAccount tokens mounted,
+        # which the ServiceAccount admission plugin does once kube-controller-manager has
+        # created the default ServiceAccounts.
+        self.service_account_admission = service_account_admission
+        self._apiserver_args: list[str] = []
         self.ca = TestCA("oauth-token-operator envtest CA")
         self._dir: Path | None = None
         self._bin_dir: Path | None = None
@@ -292,37 +306,91 @@ class ControlPlane:
         self._write_private(
             self._kubeconfig, yaml.safe_dump(_kubeconfig(self._server, self.ca_pem, "admin", admin))
         )
-        self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
-                f"--secure-port={port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={tls_cert}",
-                f"--tls-private-key-file={tls_key}",
-                f"--client-ca-file={ca_file}",
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--allow-privileged=true",
-                "--service-account-issuer=https://localhost",
-                f"--service-account-key-file={sa_key}",
-                f"--service-account-signing-key-file={sa_key}",
-                # As envtest: the ServiceAccount admission plugin waits for a default
-                # ServiceAccount that only kube-controller-manager would create.
-                "--disable-admission-plugins=ServiceAccount",
-            ],
-        )
+        self._apiserver_args = [
+            f"--etcd-servers={etcd_url}",
+            f"--secure-port={port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={tls_cert}",
+            f"--tls-private-key-file={tls_key}",
+            f"--client-ca-file={ca_file}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--service-account-issuer=https://localhost",
+            f"--service-account-key-file={sa_key}",
+            f"--service-account-signing-key-file={sa_key}",
+        ]
+        if not self.service_account_admission:
+            # As envtest: the ServiceAccount admission plugin waits for a default
+            # ServiceAccount that only kube-controller-manager would create.
+            self._apiserver_args.append("--disable-admission-plugins=ServiceAccount")
+        if self.audit:
+            policy = directory / "audit-policy.yaml"
+            policy.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "audit.k8s.io/v1",
+                        "kind": "Policy",
+                        "omitStages": ["RequestReceived"],
+                        "rules": [
+                            {
+                                "level": "Metadata",
+                                "verbs": ["create", "update", "patch"],
+                                "resources": [{"group": "", "resources": ["secrets"]}],
+                            },
+                            {"level": "None"},
+                        ],
+                    }
+                )
+            )
+            self._apiserver_args += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={directory / 'audit.log'}",
+            ]
+        self._spawn("kube-apiserver", self._apiserver_args)
 
-    def _spawn(self, name: str, args: Sequence[str]) -> None:
-        log = (self.log_dir / f"{name}.log").open("wb")
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events (ControlPlane(audit=True)): Secret writes, with who."""
+        path = self.log_dir / "audit.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    @property
+    def pki_dir(self) -> Path:
+        """ca.crt, the apiserver's certificates, service-account.key, admin.crt/key."""
+        return self.log_dir / "pki"
+
+    def spawn(self, name: str, args: Sequence[str], executable: Path | None = None) -> None:
+        """Starts another process of the cluster (a node component) that stop() stops, in
+        reverse order, and whose log is `<log_dir>/<name>.log`."""
+        self._spawn(name, args, executable)
+
+    def stop_process(self, name: str) -> None:
+        """Stops one process started by start() or spawn() (SIGTERM, then SIGKILL)."""
+        for entry in list(self._procs):
+            if entry[0] == name:
+                self._terminate(entry[1])
+                entry[2].close()
+                self._procs.remove(entry)
+
+    def restart_apiserver(self) -> None:
+        """Stops kube-apiserver and starts it again on the same port over the same etcd, as
+        an apiserver upgrade or crash does; returns once it is ready."""
+        self.stop_process("kube-apiserver")
+        self._spawn("kube-apiserver", self._apiserver_args)
+        self._wait_ready(time.monotonic() + self.startup_timeout)
+
+    def _spawn(self, name: str, args: Sequence[str], executable: Path | None = None) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
         # Only the main thread: PDEATHSIG fires when the spawning *thread* exits.
         preexec = (
             _die_with_parent if threading.current_thread() is threading.main_thread() else None
         )
         proc = subprocess.Popen(
-            [str(self.bin_dir / name), *args],
+            [str(executable or self.bin_dir / name), *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

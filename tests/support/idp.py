@@ -8,7 +8,10 @@ server (and so by client credentials): openid email roles offline_access api:rea
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 import shutil
 import signal
 import ssl
@@ -19,7 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -148,6 +151,11 @@ class IdentityProvider:
     def reset_stats(self) -> None:
         with self.http_client() as http:
             http.post(f"{self.issuer}/__test/reset").raise_for_status()
+
+    def in_flight(self) -> int:
+        """Token requests received and not answered yet."""
+        stats = self.stats()
+        return int(stats["tokenRequests"]) - int(sum(stats["byGrant"].values()))
 
     def delay_token_answers(self, ms: int) -> None:
         """Holds every /token answer back `ms` ms after the provider acted on it (0: off)."""
@@ -291,3 +299,49 @@ def complete_login(
             fields |= {"login": login, "password": "any"}
         response = http.post(urljoin(str(response.url), form.action), data=fields)
     raise RuntimeError(f"login did not leave the provider within {max_steps} steps")
+
+
+def authorization_code_grant(
+    idp: IdentityProvider,
+    client_id: str,
+    client_secret: str | None = None,
+    redirect_uri: str = "http://127.0.0.1:53682/callback",
+) -> dict[str, Any]:
+    """A user's login, in process: authorize (PKCE, offline_access, explicit consent, which
+    oidc-provider needs to grant it), the dev login and consent forms, the code exchange.
+    Returns the token response, refresh token included."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    state = secrets.token_urlsafe(16)
+    query = {
+        "client_id": client_id,
+        "response_type": "code",
+        "redirect_uri": redirect_uri,
+        "scope": "openid offline_access",
+        "prompt": "consent",
+        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+        "state": state,
+        "sub_type": "user",
+    }
+    with idp.http_client() as http:
+        location = complete_login(f"{idp.authorization_endpoint}?{urlencode(query)}", http)
+        if not location.startswith(f"{redirect_uri}?"):
+            raise RuntimeError(f"login ended at {location}")
+        params = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+        if params.get("state") != state or params.get("iss") != idp.issuer:
+            raise RuntimeError(f"unexpected redirect {location}")
+        form = {
+            "grant_type": "authorization_code",
+            "code": params["code"],
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            "client_id": client_id,
+        }
+        if client_secret is not None:
+            form["client_secret"] = client_secret
+        response = http.post(idp.token_endpoint, data=form)
+    if response.status_code != 200:
+        raise RuntimeError(f"code exchange answered {response.status_code}: {response.text}")
+    body: dict[str, Any] = response.json()
+    return body

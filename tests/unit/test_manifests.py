@@ -168,11 +168,20 @@ def test_default_args_and_rollout(helm: Path) -> None:
         "run",
         "--concurrency=16",
         "--propagation-margin=90s",
+        "--drain-timeout=25s",
         "--health-port=8080",
         "--metrics-port=9090",
         "--log-level=info",
         "--log-format=json",
     ]
+    # A drain shorter than the grace period; the pod name identifies refresh claims.
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 60
+    assert {
+        "name": "OAUTH_TOKEN_OPERATOR_IDENTITY",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    } in container["env"]
+    assert "hostNetwork" not in pod
     # One standalone operator: never two at once, not even during a rollout.
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -192,6 +201,7 @@ def test_args_follow_values(helm: Path) -> None:
         "logFormat=plain",
         "healthPort=8081",
         "metrics.port=9091",
+        "drainTimeout=40s",
     )
     (container,) = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
@@ -202,6 +212,7 @@ def test_args_follow_values(helm: Path) -> None:
         "--allowed-hosts=idp.example,login.example",
         "--concurrency=4",
         "--propagation-margin=2m",
+        "--drain-timeout=40s",
         "--peering=tokens",
         "--health-port=8081",
         "--metrics-port=9091",
@@ -350,3 +361,36 @@ def test_peering_namespaced(helm: Path) -> None:
         of_kind(render(helm, "replicas=2", "peering.createCRDs=false"), "CustomResourceDefinition")
         == []
     )
+
+
+def test_host_network_probes_loopback_and_takes_extra_env(helm: Path) -> None:
+    manifests = render(
+        helm,
+        "hostNetwork=true",
+        "extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+        "extraEnv[0].value=127.0.0.1",
+    )
+    pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in container["env"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["host"] == "127.0.0.1"
+
+
+def test_host_network_replicas_roll_one_at_a_time(helm: Path) -> None:
+    """A surge pod would want the host ports of the pod it replaces: with hostNetwork and
+    peering the rollout replaces pods one by one instead of hanging on a Pending pod."""
+    deployment = only(render(helm, "hostNetwork=true", "replicas=2"), "Deployment")
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    assert "strategy" not in only(render(helm, "replicas=2"), "Deployment")["spec"]
+
+
+def test_no_service_link_variables_in_the_operator_pod(helm: Path) -> None:
+    """The metrics Service would set OAUTH_TOKEN_OPERATOR_METRICS_PORT=tcp://... in the pod
+    (kubelet's Docker-link variables), which is the operator's own setting's name."""
+    pod = only(render(helm), "Deployment")["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False

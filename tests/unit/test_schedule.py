@@ -511,3 +511,26 @@ async def test_drain_cancels_runs_that_outlast_the_grace() -> None:
         cancelled = await scheduler.drain(grace=10)
         assert now() - started == pytest.approx(10, abs=0.1)
     assert (cancelled, outcome) == (1, ["cancelled"])
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
+async def test_a_stop_as_the_loop_is_woken_ends_the_loop(steps: int) -> None:
+    """The stop handler cancels the loop just after drain() returned, while the last run's
+    end has just woken it. Python 3.11's asyncio.wait_for loses a cancellation that arrives
+    as the awaited event is set, and the loop then slept forever: on a real node every
+    rollout that landed on a refresh took the pod's whole 60 s grace period."""
+
+    async def work(key: Hashable) -> float | None:
+        return None
+
+    scheduler = Scheduler(work, concurrency=1, clock=now)
+    scheduler.schedule("later", now() + 100)  # the loop sleeps with a timeout
+    loop_task = asyncio.create_task(scheduler.run())
+    await asyncio.sleep(1)
+    assert await scheduler.drain(grace=30) == 0
+    scheduler.schedule("woken", now() + 50)  # wakes the loop, as a finishing run does
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    loop_task.cancel()
+    done, _ = await asyncio.wait({loop_task}, timeout=60)
+    assert loop_task in done

@@ -1,0 +1,188 @@
+"""A real node for end-to-end tests: the operator's image from the Dockerfile, installed
+with the chart, running as a pod; application pods mounting its Secrets.
+
+One cluster and one operator release per session (starting them costs seconds, building the
+images minutes when cold); tests use namespaces of their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helm import CHART, helm_binary
+from tests.support.cluster import Cluster, eventually
+from tests.support.controlplane import ControlPlane, _free_port
+from tests.support.idp import IdentityProvider
+from tests.support.node import Node, build_image, pods
+from tests.support.pki import TestCA
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
+RELEASE = "oauth-token-operator"
+OPERATOR_NS = "oauth-system"
+SELECTOR = "app.kubernetes.io/name=oauth-token-operator"
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Iterator[tuple[ControlPlane, Node]]:
+    with ControlPlane(service_account_admission=True, audit=True) as cp, Node(cp) as node:
+        cp.kubectl("apply", "-f", str(CRD))
+        cp.kubectl(
+            "wait", "--for=condition=Established", "crd/oauthclients.oauth-token-operator.dev"
+        )
+        yield cp, node
+
+
+@pytest.fixture(scope="session")
+def operator_image(node_cluster: tuple[ControlPlane, Node]) -> str:
+    archive, ref = build_image("operator")
+    node_cluster[1].import_image(archive)
+    return ref
+
+
+def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(helm_binary()), f"--kubeconfig={cp.kubeconfig_path}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@dataclass
+class Release:
+    cp: ControlPlane
+    node: Node
+    values: list[str]
+
+    def helm(
+        self, verb: str, *extra: str, name: str = RELEASE, namespace: str = OPERATOR_NS
+    ) -> subprocess.CompletedProcess[str]:
+        # EnvVar values are strings: --set would turn a port number into an integer.
+        sets = [
+            arg
+            for value in self.values
+            for arg in ("--set-string" if value.startswith("extraEnv") else "--set", value)
+        ]
+        return helm(self.cp, verb, name, str(CHART), "-n", namespace, *sets, *extra)
+
+    def uninstall(self) -> None:
+        helm(self.cp, "uninstall", RELEASE, "-n", OPERATOR_NS, "--wait")
+
+    def pods(self) -> list[dict[str, Any]]:
+        return pods(self.cp, OPERATOR_NS, SELECTOR)
+
+    def wait_ready(self, timeout: int = 180) -> None:
+        """The rollout done: one pod per replica, Ready, and none left terminating (a pod
+        being deleted is no longer Ready, so `kubectl wait -l` would wait on it too)."""
+
+        def settled() -> bool:
+            current = self.pods()
+            return bool(current) and all(
+                not pod["metadata"].get("deletionTimestamp")
+                and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod["status"].get("conditions", [])
+                )
+                for pod in current
+            )
+
+        self.cp.kubectl(
+            "rollout",
+            "status",
+            f"deployment/{RELEASE}",
+            "-n",
+            OPERATOR_NS,
+            f"--timeout={timeout}s",
+            timeout=timeout + 10,
+        )
+        eventually(settled, timeout=timeout, interval=0.2, what="the operator's rollout")
+
+    def logs(self) -> str:
+        """Every operator container's log so far, from kubelet's log directory."""
+        return "".join(
+            self.node.container_log(OPERATOR_NS, p["metadata"]["name"], "operator")
+            for p in self.pods()
+        )
+
+    def all_logs(self) -> str:
+        return "".join(
+            path.read_text(errors="replace")
+            for path in sorted(self.node.pod_logs.glob(f"{OPERATOR_NS}_*/operator/*.log"))
+        )
+
+
+@pytest.fixture(scope="session")
+def release(node_cluster: tuple[ControlPlane, Node], operator_image: str) -> Iterator[Release]:
+    """The chart installed as a user would. These machines allow no traffic but loopback,
+    so the operator runs with hostNetwork and is given the apiserver's loopback address
+    (its in-cluster config would otherwise take the kubernetes Service's ClusterIP). The
+    restricted Pod Security Standard forbids hostNetwork, so this namespace only warns;
+    test_node checks that hostNetwork is the pod's one departure from it, and installs the
+    chart as users do (no hostNetwork) into a namespace that enforces it."""
+    cp, node = node_cluster
+    cp.kubectl("create", "namespace", OPERATOR_NS)
+    cp.kubectl("label", "namespace", OPERATOR_NS, "pod-security.kubernetes.io/warn=restricted")
+    repository, tag = operator_image.rsplit(":", 1)
+    port = cp.server.rsplit(":", 1)[1]
+    values = [
+        f"image.repository={repository}",
+        f"image.tag={tag}",
+        "image.pullPolicy=Never",
+        "hostNetwork=true",
+        f"healthPort={_free_port()}",
+        f"metrics.port={_free_port()}",
+        "propagationMargin=20s",
+        "logLevel=debug",
+        "logFormat=plain",
+        "extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+        "extraEnv[0].value=127.0.0.1",
+        "extraEnv[1].name=KUBERNETES_SERVICE_PORT",
+        f"extraEnv[1].value={port}",
+    ]
+    installed = Release(cp, node, values)
+    installed.helm("install")
+    installed.wait_ready()
+    yield installed
+    helm(cp, "uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", check=False)
+
+
+@pytest.fixture(scope="session")
+def e2e_ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.fixture(scope="session")
+def e2e_idp(e2e_ca: TestCA) -> Iterator[IdentityProvider]:
+    """The real provider, 60 s tokens: refreshed 40 s after issue (margin 20 s)."""
+    with IdentityProvider(e2e_ca, access_token_ttl=60) as idp:
+        yield idp
+
+
+@pytest.fixture
+def app_ns(node_cluster: tuple[ControlPlane, Node], e2e_ca: TestCA) -> Cluster:
+    cp, _ = node_cluster
+    namespace = f"app-{uuid.uuid4().hex[:6]}"
+    cp.kubectl("create", "namespace", namespace)
+    cluster = Cluster(cp, namespace)
+    cluster.create_secret("idp-ca", {"ca.crt": e2e_ca.cert_pem.decode()})
+    return cluster
+
+
+def jsonpath(cp: ControlPlane, *args: str) -> str:
+    return cp.kubectl("get", *args).stdout
+
+
+def as_json(cp: ControlPlane, *args: str) -> Any:
+    return json.loads(cp.kubectl("get", *args, "-o", "json").stdout)
