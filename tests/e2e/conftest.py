@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helm import CHART, helm_binary
+from tests.helm import CHART, run_helm
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane, _free_port
 from tests.support.idp import IdentityProvider
@@ -48,16 +48,7 @@ def operator_image(node_cluster: tuple[ControlPlane, Node]) -> str:
 
 
 def helm(cp: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(helm_binary()), f"--kubeconfig={cp.kubeconfig_path}", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, f"helm {' '.join(args)}\n{result.stdout}\n{result.stderr}"
-    return result
+    return run_helm(cp.kubeconfig_path, *args, check=check)
 
 
 @dataclass

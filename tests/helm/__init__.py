@@ -32,3 +32,19 @@ def render_chart(release: str, namespace: str, *values: str) -> list[dict[str, A
         check=True,
     ).stdout
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def run_helm(
+    kubeconfig: Path, *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """helm ARGS against a test cluster; with check, a failure shows helm's output."""
+    result = subprocess.run(
+        [str(helm_binary()), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if check:
+        assert result.returncode == 0, f"helm {' '.join(args)}\n{result.stdout}\n{result.stderr}"
+    return result

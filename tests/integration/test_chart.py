@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helm import helm_binary
+from tests.helm import helm_binary, run_helm
 from tests.support.cached_build import BUILD_TIMEOUT
 from tests.support.controlplane import ControlPlane
 
@@ -41,15 +41,7 @@ class Release:
 
 
 def helm(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(helm_binary()), f"--kubeconfig={cp.kubeconfig_path}", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
-    assert result.returncode == 0, f"helm {' '.join(args)}\n{result.stdout}\n{result.stderr}"
-    return result
+    return run_helm(cp.kubeconfig_path, *args, timeout=180)
 
 
 def install(cp: ControlPlane, name: str, namespace: str, *values: str) -> Iterator[Release]:

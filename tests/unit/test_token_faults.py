@@ -269,12 +269,17 @@ async def test_redirect_is_not_followed(idp: FakeIdP, client: TokenClient) -> No
     assert [r.path for r in idp.requests] == ["/token"]  # credentials went nowhere else
 
 
-async def test_connection_refused_is_transient(client: TokenClient) -> None:
-    # A port nobody listens on: bind, note it, close.
+async def closed_port() -> int:
+    """A port nobody listens on: bind, note it, close."""
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    port: int = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
+    return port
+
+
+async def test_connection_refused_is_transient(client: TokenClient) -> None:
+    port = await closed_port()
     request = TokenRequest(
         endpoint=Endpoint(token_endpoint=f"http://127.0.0.1:{port}/token"),
         grant_type=GrantType.CLIENT_CREDENTIALS,
@@ -402,10 +407,7 @@ async def test_a_refresh_answer_lost_after_sending_is_outcome_unknown(
 
 
 async def test_a_refused_connection_is_not_outcome_unknown(client: TokenClient) -> None:
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
+    port = await closed_port()
     request = TokenRequest(
         endpoint=Endpoint(token_endpoint=f"http://127.0.0.1:{port}/token"),
         grant_type=GrantType.REFRESH_TOKEN,
