@@ -6,7 +6,6 @@ images minutes when cold); tests use namespaces of their own."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -100,19 +99,6 @@ class Release:
         )
         eventually(settled, timeout=timeout, interval=0.2, what="the operator's rollout")
 
-    def logs(self) -> str:
-        """Every operator container's log so far, from kubelet's log directory."""
-        return "".join(
-            self.node.container_log(OPERATOR_NS, p["metadata"]["name"], "operator")
-            for p in self.pods()
-        )
-
-    def all_logs(self) -> str:
-        return "".join(
-            path.read_text(errors="replace")
-            for path in sorted(self.node.pod_logs.glob(f"{OPERATOR_NS}_*/operator/*.log"))
-        )
-
 
 @pytest.fixture(scope="session")
 def release(node_cluster: tuple[ControlPlane, Node], operator_image: str) -> Iterator[Release]:
@@ -169,11 +155,3 @@ def app_ns(node_cluster: tuple[ControlPlane, Node], e2e_ca: TestCA) -> Cluster:
     cluster = Cluster(cp, namespace)
     cluster.create_secret("idp-ca", {"ca.crt": e2e_ca.cert_pem.decode()})
     return cluster
-
-
-def jsonpath(cp: ControlPlane, *args: str) -> str:
-    return cp.kubectl("get", *args).stdout
-
-
-def as_json(cp: ControlPlane, *args: str) -> Any:
-    return json.loads(cp.kubectl("get", *args, "-o", "json").stdout)

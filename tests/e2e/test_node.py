@@ -73,8 +73,8 @@ def test_the_chart_as_users_install_it_runs_under_the_restricted_standard(
 ) -> None:
     """Without hostNetwork (as users install it), into a namespace that enforces the
     restricted Pod Security Standard: admitted, scheduled, started as uid 65532 with a
-    read-only root and no capabilities. (Its network namespace has only lo on these
-    machines, so this copy cannot reach the apiserver; the functional release does.)"""
+    read-only root and no capabilities. (Its pod network reaches only other pods here, so
+    this copy cannot reach the apiserver; the functional release does.)"""
     cp = release.cp
     cp.kubectl("create", "namespace", "oauth-restricted")
     cp.kubectl(
@@ -145,7 +145,7 @@ def test_the_operator_runs_as_a_pod_with_its_service_account(
 
 
 def app_pod(name: str, secret: str) -> dict[str, Any]:
-    """A busybox pod that mounts the token Secret; no network (its namespace has only lo)."""
+    """A busybox pod that mounts the token Secret (its network reaches other pods only)."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",

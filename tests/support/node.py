@@ -3,7 +3,8 @@ and node images from a registry, neither of which exists on these machines).
 
 Beside the control plane's etcd and kube-apiserver: kube-controller-manager (garbage
 collector, ServiceAccounts and their tokens, the root CA ConfigMap, Deployments,
-ReplicaSets, namespaces, PodDisruptionBudgets), kube-scheduler and kubelet, all from the
+ReplicaSets, namespaces, PodDisruptionBudgets, pod and node lifecycle), kube-scheduler and
+kubelet, all from the
 Kubernetes Go module pinned in tests/controlplane; containerd, runc and the CNI plugins from
 Debian's packages. containerd runs from its own root, state and socket under the test's
 temporary directory; images come from OCI archives built by scripts/build-image and pods
@@ -12,8 +13,9 @@ use `imagePullPolicy: Never`.
 Network: everything listens on 127.0.0.1. The node has no address (kubelet refuses
 `--node-ip=127.0.0.1` for its status), so nothing ever dials a node address: no `kubectl
 logs/exec`; pod files are read through the kubelet's volume directories and container logs
-from the kubelet's pod log directory. The only CNI network is `loopback`: a pod that is not
-`hostNetwork` gets a network namespace of its own with nothing but lo in it.
+from the kubelet's pod log directory. A pod that is not `hostNetwork` gets an address on a
+bridge of this node's own that has no host address, no gateway and no masquerade: it can
+reach other pods and nothing else.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -105,10 +106,10 @@ class Node:
     def stop(self) -> None:
         """Deletes every pod's containers, stops kubelet and containerd, kills the shims and
         unmounts what they left, then checks that nothing is left behind."""
-        self._stop_component("kubelet")
+        self.cp.stop_process("kubelet")
         if self.socket.exists():
             self._remove_all_containers()
-        self._stop_component("containerd")
+        self.cp.stop_process("containerd")
         self._kill_shims()
         self._unmount_all()
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
@@ -350,9 +351,6 @@ state = "{self.dir / "containerd" / "state"}"
 
     # -- teardown -------------------------------------------------------------------------
 
-    def _stop_component(self, name: str) -> None:
-        self.cp.stop_process(name)
-
     def _remove_all_containers(self) -> None:
         for _ in range(3):
             tasks = self.ctr("tasks", "ls", "-q", check=False).stdout.split()
@@ -402,10 +400,3 @@ def pods(cp: ControlPlane, namespace: str, selector: str) -> list[dict[str, Any]
     result = cp.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json")
     items: list[dict[str, Any]] = json.loads(result.stdout)["items"]
     return items
-
-
-def strip_cri_log(text: str) -> str:
-    """CRI log lines are `<time> <stream> <F|P> <text>`; the text alone."""
-    return "".join(
-        re.sub(r"^\S+ (stdout|stderr) [FP] ", "", line) + "\n" for line in text.splitlines()
-    )
