@@ -11,12 +11,14 @@ import os
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from .config import Settings
+from .config import Peering, Settings
 from .logs import configure_logging
 from .oauth import EndpointPolicy
+from .peering import priority_for
 from .spec import SpecError, parse_duration
 
 T = TypeVar("T")
@@ -26,22 +28,39 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(f"OAUTH_TOKEN_OPERATOR_{name}", default)
 
 
-def _env_as(name: str, default: str, convert: Callable[[str], T]) -> T:
-    """An environment default converted up front, with an error that names the variable."""
-    value = _env(name, default)
-    try:
-        return convert(value)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        hint = ""
-        if name.endswith("_PORT") and value.startswith("tcp://"):
-            # Kubernetes service links: a Service named oauth-token-operator-metrics gives
-            # the pods beside it OAUTH_TOKEN_OPERATOR_METRICS_PORT=tcp://10.0.0.1:9090.
-            service = f"oauth-token-operator-{name.removesuffix('_PORT').lower()}"
-            hint = (
-                f"; a Service named {service} sets it in pods that do not say "
-                "enableServiceLinks: false"
-            )
-        sys.exit(f"error: OAUTH_TOKEN_OPERATOR_{name}={value!r} is not valid ({exc}){hint}")
+def _typed(name: str, convert: Callable[[str], T]) -> Callable[[str], T]:
+    """argparse's type for an option that OAUTH_TOKEN_OPERATOR_<name> can set. Its default
+    stays the variable's raw string, which argparse converts only when the command runs (a
+    bad value never breaks --help), and a bad value is reported as argparse reports one,
+    naming the variable when it came from there."""
+
+    def typed(value: str) -> T:
+        try:
+            return convert(value)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            variable = f"OAUTH_TOKEN_OPERATOR_{name}"
+            source = f" (from {variable})" if os.environ.get(variable) == value else ""
+            hint = ""
+            if source and name.endswith("_PORT") and value.startswith("tcp://"):
+                # Kubernetes service links: a Service named oauth-token-operator-metrics
+                # gives the pods beside it OAUTH_TOKEN_OPERATOR_METRICS_PORT=tcp://...
+                service = f"oauth-token-operator-{name.removesuffix('_PORT').lower()}"
+                hint = (
+                    f"; a Service named {service} sets it in pods that do not say "
+                    "enableServiceLinks: false"
+                )
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not valid{source}: {exc}{hint}"
+            ) from None
+
+    return typed
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{number} is less than 1")
+    return number
 
 
 def _port(value: str) -> int:
@@ -77,20 +96,46 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    logging_options = argparse.ArgumentParser(add_help=False)
-    logging_options.add_argument(
+def _logging_options(level: str, format_: str) -> argparse.ArgumentParser:
+    """A parent parser of its own for each command: subparsers share a parent's Action
+    objects, so one command's set_defaults() would change every other's defaults."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--log-level",
-        default=_env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
+        default=level,
+        type=_typed("LOG_LEVEL", _one_of("debug", "info", "warning", "error")),
+        help="debug, info, warning or error",
     )
-    logging_options.add_argument(
-        "--log-format", default=_env("LOG_FORMAT", "plain"), choices=["plain", "json"]
+    options.add_argument(
+        "--log-format",
+        default=format_,
+        type=_typed("LOG_FORMAT", _one_of("plain", "json")),
+        help="plain or json",
     )
+    return options
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """Like argparse's choices, but also for a default from the environment (argparse
+    checks choices on the command line only), and case-insensitive."""
+
+    def choice(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"choose from {', '.join(choices)}")
+        return value.lower()
+
+    return choice
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oauth-token-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the operator", parents=[logging_options])
+    run = commands.add_parser(
+        "run",
+        help="run the operator",
+        parents=[_logging_options(_env("LOG_LEVEL", "info"), _env("LOG_FORMAT", "plain"))],
+    )
     run.add_argument(
         "--namespace",
         action="append",
@@ -101,20 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_endpoint_options(run)
     run.add_argument(
         "--concurrency",
-        type=int,
-        default=_env_as("CONCURRENCY", "16", int),
+        type=_typed("CONCURRENCY", _positive_int),
+        default=_env("CONCURRENCY", "16"),
         help="exchanges and writes in flight at once",
     )
     run.add_argument(
         "--propagation-margin",
-        type=_duration,
-        default=_env_as("PROPAGATION_MARGIN", "90s", _duration),
+        type=_typed("PROPAGATION_MARGIN", _duration),
+        default=_env("PROPAGATION_MARGIN", "90s"),
         help="renew at least this long before expiry (kubelet Secret sync)",
     )
     run.add_argument(
         "--drain-timeout",
-        type=_duration,
-        default=_env_as("DRAIN_TIMEOUT", "25s", _duration),
+        type=_typed("DRAIN_TIMEOUT", _duration),
+        default=_env("DRAIN_TIMEOUT", "25s"),
         help="on SIGTERM, how long runs in progress may take before they are cancelled "
         "(a refresh already sent always finishes and persists); keep it below the pod's "
         "terminationGracePeriodSeconds",
@@ -132,23 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--health-port",
-        type=_port,
-        default=_env_as("HEALTH_PORT", "8080", _port),
+        type=_typed("HEALTH_PORT", _port),
+        default=_env("HEALTH_PORT", "8080"),
         help="port for GET /healthz (0: off)",
     )
     run.add_argument(
         "--metrics-port",
-        type=_port,
-        default=_env_as("METRICS_PORT", "9090", _port),
+        type=_typed("METRICS_PORT", _port),
+        default=_env("METRICS_PORT", "9090"),
         help="port for GET /metrics (0: off)",
     )
 
     from . import tokencmd
 
-    tokencmd.add_parser(commands, [logging_options], _add_endpoint_options)
+    # The commands people type keep the terminal for their results: warnings only.
+    tokencmd.add_parser(commands, [_logging_options("warning", "plain")], _add_endpoint_options)
     from . import login
 
-    login.add_parser(commands, [logging_options])
+    login.add_parser(commands, [_logging_options("warning", "plain")])
     return parser
 
 
@@ -168,6 +214,12 @@ def run_operator(args: argparse.Namespace) -> int:
     from .metrics import serve_metrics
 
     namespaces = tuple(args.namespaces or _csv(_env("NAMESPACES")))
+    # Our own name for the peering record, not kopf's user@host guess (which looks the uid
+    # up in /etc/passwd); unique per process, as two replicas must never share one.
+    peer_identity = f"{args.identity}/{secrets.token_hex(3)}"
+    peering = (
+        Peering(args.peering, peer_identity, priority_for(time.time())) if args.peering else None
+    )
     settings = Settings(
         namespaces=namespaces,
         endpoint_policy=EndpointPolicy(args.allow_http, frozenset(args.allowed_hosts)),
@@ -175,6 +227,7 @@ def run_operator(args: argparse.Namespace) -> int:
         propagation_margin=args.propagation_margin,
         drain_timeout=args.drain_timeout,
         identity=args.identity,
+        peering=peering,
     )
     if args.metrics_port:
         serve_metrics(args.metrics_port)
@@ -189,15 +242,11 @@ def run_operator(args: argparse.Namespace) -> int:
         registry=registry_for(settings),
         clusterwide=not namespaces,
         namespaces=namespaces,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        # Our own name for the peering record, not kopf's user@host guess (which looks the
-        # uid up in /etc/passwd); unique per process, as two replicas must never share one.
+        standalone=peering is None,
+        peering_name=peering.name if peering else None,
         # (kopf's Identity is a NewType of str that kopf does not export.)
-        identity=cast(Any, f"{args.identity}/{secrets.token_hex(3)}"),
-        # kopf pauses every peer but the one with the highest priority; equal priorities
-        # would pause them all, so each replica draws its own.
-        priority=secrets.randbelow(1_000_000) + 1 if args.peering else 0,
+        identity=cast(Any, peer_identity),
+        priority=peering.priority if peering else 0,
         liveness_endpoint=(
             f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
         ),

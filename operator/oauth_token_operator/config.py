@@ -9,6 +9,16 @@ from .oauth import EndpointPolicy
 
 
 @dataclass(frozen=True)
+class Peering:
+    """kopf peering of several replicas: the peering object's name, and who this replica
+    is in it (unique per process) with its priority (peering.priority_for)."""
+
+    name: str
+    identity: str
+    priority: int
+
+
+@dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy)
@@ -22,3 +32,4 @@ class Settings:
     drain_timeout: float = 25.0
     # Who takes refresh claims (custody.py): the pod name in a cluster.
     identity: str = field(default_factory=lambda: f"operator@{socket.gethostname()}")
+    peering: Peering | None = None  # None: standalone

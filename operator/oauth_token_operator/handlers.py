@@ -7,14 +7,16 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from .config import Settings
+from .config import Peering, Settings
 from .kube import Kube
 from .oauth import TokenClient
+from .peering import follow
 from .refresh import Refresher
 from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
 
@@ -46,9 +48,16 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
             kube, TokenClient(operator_settings.endpoint_policy), operator_settings
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
+        memo.follower = None
+        if peering := operator_settings.peering:
+            # Before kopf starts its peering keepalive, which only patches the object.
+            await kube.ensure_peerings(peering.name, operator_settings.namespaces)
+            memo.follower = asyncio.create_task(follow_peering(kube, memo.refresher, peering))
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
+        if memo.follower is not None:
+            memo.follower.cancel()
         # SIGTERM (a rollout, helm upgrade, node drain): finish runs in flight, so that no
         # rotated refresh token is thrown away with a cancelled run.
         cancelled = await memo.refresher.scheduler.drain(operator_settings.drain_timeout)
@@ -85,6 +94,24 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
 
     operator_settings = settings
     return registry
+
+
+async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> None:
+    namespaces = refresher.settings.namespaces
+
+    async def on_change(acting: bool) -> None:
+        if acting:
+            await refresher.take_over(await kube.list_oauthclients(namespaces))
+        else:
+            refresher.stand_by()
+
+    await follow(
+        lambda: kube.get_peerings(peering.name, namespaces),
+        peering.identity,
+        peering.priority,
+        on_change,
+        time.time,
+    )
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

@@ -102,6 +102,77 @@ class Kube:
             raise
         return body
 
+    async def list_oauthclients(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every OAuthClient in these namespaces (empty: all), read in pages of 500."""
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces or (None,):
+            token = None
+            while True:
+                kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False}
+                if token:
+                    kwargs["_continue"] = token
+                if namespace is None:
+                    call = self._custom.list_cluster_custom_object(
+                        API_GROUP, API_VERSION, PLURAL, **kwargs
+                    )
+                else:
+                    call = self._custom.list_namespaced_custom_object(
+                        API_GROUP, API_VERSION, namespace, PLURAL, **kwargs
+                    )
+                page = await _json(call)
+                items.extend(page.get("items") or ())
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return items
+
+    async def ensure_peerings(self, name: str, namespaces: tuple[str, ...]) -> None:
+        """Creates kopf's peering objects of this name where they are missing (namespaces
+        empty: the ClusterKopfPeering; else a KopfPeering in each). Never replaces one: its
+        status holds every replica's heartbeat and priority."""
+        for namespace in namespaces or (None,):
+            body: dict[str, Any] = {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "ClusterKopfPeering" if namespace is None else "KopfPeering",
+                "metadata": {"name": name},
+            }
+            if namespace is None:
+                call = self._custom.create_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", body, _preload_content=False
+                )
+            else:
+                call = self._custom.create_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", body, _preload_content=False
+                )
+            try:
+                await _json(call)
+                log.info("created the kopf peering %s in %s", name, namespace or "the cluster")
+            except KubeError as exc:
+                if exc.status == 403:  # an older Role: kopf waits for the object instead
+                    log.warning("may not create the kopf peering %s (%s)", name, exc)
+                elif not exc.conflict:
+                    raise
+
+    async def get_peerings(self, name: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """kopf's peering objects of this name: the ClusterKopfPeering (namespaces empty)
+        or the KopfPeering in each namespace; missing ones are left out."""
+        bodies = []
+        for namespace in namespaces or (None,):
+            if namespace is None:
+                call = self._custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", name, _preload_content=False
+                )
+            else:
+                call = self._custom.get_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", name, _preload_content=False
+                )
+            try:
+                bodies.append(await _json(call))
+            except KubeError as exc:
+                if not exc.not_found:
+                    raise
+        return bodies
+
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await _json(
             self._core.create_namespaced_secret(namespace, body, _preload_content=False)

@@ -79,7 +79,7 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--client-id-key", default="client_id")
     parser.add_argument("--client-secret-key", default="client_secret")
     parser.add_argument("--refresh-token-key", default="refresh_token")
-    parser.set_defaults(handler=run, log_level="warning")  # keep the terminal for results
+    parser.set_defaults(handler=run)
 
 
 def pkce_pair() -> tuple[str, str]:

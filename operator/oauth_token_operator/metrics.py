@@ -24,6 +24,10 @@ REUSED_TOKENS = Counter(
     "oauth_token_operator_tokens_reused",
     "Runs that kept a still-valid token in place without calling the provider.",
 )
+ACTIVE = Gauge(
+    "oauth_token_operator_active",
+    "1 while this replica acts on OAuthClients, 0 while it stands by for a peer.",
+)
 CLIENTS = Gauge("oauth_token_operator_clients", "OAuthClients known to the operator.")
 
 

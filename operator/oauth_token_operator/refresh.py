@@ -94,6 +94,22 @@ class Refresher:
         metrics.CLIENTS.set(len(self.clients))
         self.scheduler.forget(key)
 
+    def stand_by(self) -> None:
+        """A peer acts now: start nothing more and hold no clients (runs in progress finish;
+        a paused kopf stream would not tell us of deletions anyway)."""
+        self.scheduler.pause()
+        self.scheduler.forget_all()
+        self.clients.clear()
+        self._readers.clear()
+        self._owners.clear()
+        metrics.CLIENTS.set(0)
+
+    async def take_over(self, bodies: list[dict[str, Any]]) -> None:
+        """This replica acts again: every OAuthClient there is now, as on a fresh start."""
+        for body in bodies:
+            await self.observe(body)
+        self.scheduler.resume()
+
     def secret_changed(self, namespace: str, name: str, secret: dict[str, Any] | None) -> None:
         """A Secret changed (None: deleted). New client credentials, or any change while a
         client is failing (a new login after invalid_grant), and a deleted output Secret

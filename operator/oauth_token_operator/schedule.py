@@ -116,6 +116,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._draining = False
+        self._paused = False
 
     def __len__(self) -> int:
         return len(self._due) + len(self._running)
@@ -147,6 +148,18 @@ class Scheduler:
         if key in self._running:
             self._forgotten.add(key)
 
+    def pause(self) -> None:
+        """Starts no more work until resume(); schedule() still records due times."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake.set()
+
+    def forget_all(self) -> None:
+        for key in list(self._due) + list(self._running):
+            self.forget(key)
+
     async def run(self) -> None:
         """The scheduling loop; runs until cancelled, then cancels work in progress."""
         try:
@@ -174,7 +187,7 @@ class Scheduler:
         return len(pending)
 
     def _start_due_work(self) -> None:
-        if self._draining:
+        if self._draining or self._paused:
             return
         now = self._clock()
         while self._heap and len(self._running) < self._slots:
@@ -190,8 +203,9 @@ class Scheduler:
 
     async def _sleep_until_next(self) -> None:
         self._wake.clear()
-        timeout = None  # draining: nothing more starts, so nothing to wake up for
-        if self._heap and len(self._running) < self._slots and not self._draining:
+        timeout = None  # draining or paused: nothing starts, so nothing to wake up for
+        idle = self._draining or self._paused
+        if self._heap and len(self._running) < self._slots and not idle:
             timeout = max(self._heap[0][0] - self._clock(), 0.0)
         # asyncio.timeout, not wait_for: in Python 3.11 wait_for drops a cancellation that
         # arrives as the event is set, and a stop right after a drain then never ended.

@@ -45,7 +45,7 @@ def add_parser(
         help="print the access token itself on standard output",
     )
     add_endpoint_options(parser)
-    parser.set_defaults(handler=run, log_level="warning")  # keep the terminal for results
+    parser.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 RELEASE = "oauth-token-operator"
 OPERATOR_NS = "oauth-system"
-SELECTOR = "app.kubernetes.io/name=oauth-token-operator"
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +54,10 @@ class Release:
     cp: ControlPlane
     node: Node
     values: list[str]
+    name: str = RELEASE
 
     def helm(
-        self, verb: str, *extra: str, name: str = RELEASE, namespace: str = OPERATOR_NS
+        self, verb: str, *extra: str, name: str | None = None, namespace: str = OPERATOR_NS
     ) -> subprocess.CompletedProcess[str]:
         # EnvVar values are strings: --set would turn a port number into an integer.
         sets = [
@@ -65,13 +65,30 @@ class Release:
             for value in self.values
             for arg in ("--set-string" if value.startswith("extraEnv") else "--set", value)
         ]
-        return helm(self.cp, verb, name, str(CHART), "-n", namespace, *sets, *extra)
+        return helm(self.cp, verb, name or self.name, str(CHART), "-n", namespace, *sets, *extra)
 
     def uninstall(self) -> None:
-        helm(self.cp, "uninstall", RELEASE, "-n", OPERATOR_NS, "--wait")
+        helm(self.cp, "uninstall", self.name, "-n", OPERATOR_NS, "--wait")
+
+    @property
+    def deployment(self) -> str:
+        """The chart's full name: the release name, unless it lacks the chart's."""
+        chart = "oauth-token-operator"
+        return self.name if chart in self.name else f"{self.name}-{chart}"
 
     def pods(self) -> list[dict[str, Any]]:
-        return pods(self.cp, OPERATOR_NS, SELECTOR)
+        return pods(
+            self.cp,
+            OPERATOR_NS,
+            f"app.kubernetes.io/name=oauth-token-operator,app.kubernetes.io/instance={self.name}",
+        )
+
+    def value(self, key: str) -> str:
+        """The last value set for `key`."""
+        return [v.split("=", 1)[1] for v in self.values if v.startswith(f"{key}=")][-1]
+
+    def with_values(self, *values: str, name: str | None = None) -> Release:
+        return Release(self.cp, self.node, [*self.values, *values], name or self.name)
 
     def wait_ready(self, timeout: int = 180) -> None:
         """The rollout done: one pod per replica, Ready, and none left terminating (a pod
@@ -91,7 +108,7 @@ class Release:
         self.cp.kubectl(
             "rollout",
             "status",
-            f"deployment/{RELEASE}",
+            f"deployment/{self.deployment}",
             "-n",
             OPERATOR_NS,
             f"--timeout={timeout}s",

@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import OPERATOR_NS, RELEASE, Release
 from tests.e2e.test_node import oauth_client
 from tests.support.cli import login
 from tests.support.cluster import Cluster, eventually
+from tests.support.controlplane import _free_port
 from tests.support.idp import (
     CC_POST,
     CC_POST_SECRET,
@@ -152,6 +154,78 @@ def test_helm_upgrade_while_refresh_tokens_rotate_loses_no_grant(
     for name in names:
         condition = app_ns.ready(name)
         assert condition is not None and condition["status"] == "True", condition
+
+
+def acting(release: Release) -> bool | None:
+    """The oauth_token_operator_active gauge of the release's pod (hostNetwork: its metrics
+    port is on the node's loopback); None while it does not answer."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{release.value('metrics.port')}/metrics").text
+    except httpx.HTTPError:
+        return None
+    (line,) = [x for x in text.splitlines() if x.startswith("oauth_token_operator_active ")]
+    return float(line.split()[1]) == 1.0
+
+
+def test_of_two_peered_replicas_one_acts_and_the_other_takes_over_from_a_deleted_pod(
+    release: Release, app_ns: Cluster, long_lived_idp: IdentityProvider
+) -> None:
+    """What `replicas: 2` gives: kopf peering, one replica acting, the other standing by.
+    Two pods of one Deployment cannot share this single hostNetwork node (their probe and
+    metrics ports are host ports), so the two replicas are two releases of the chart in
+    one peering: the same pods, the same peering, two Deployments."""
+    first = release.with_values("peering.enabled=true")
+    second = release.with_values(
+        f"healthPort={_free_port()}",
+        f"metrics.port={_free_port()}",
+        "peering.enabled=true",
+        "peering.createCRDs=false",  # the first release's
+        name="peer",
+    )
+    first.helm("upgrade")
+    first.wait_ready()
+    try:
+        second.helm("install")
+        second.wait_ready()
+        eventually(lambda: acting(second) is False, timeout=30, what="the second to stand by")
+        assert acting(first) is True  # the older replica keeps the work
+
+        names = ["one", "two", "three"]
+        app_ns.create_secret("creds", {"client_id": CC_POST, "client_secret": CC_POST_SECRET})
+        for name in names:
+            app_ns.apply(oauth_client(name, long_lived_idp, "creds"))
+        for name in names:
+            app_ns.wait_ready(name, timeout=60)
+        long_lived_idp.reset_stats()
+
+        (active,) = first.pods()
+        deleted = time.monotonic()
+        first.cp.kubectl(
+            "delete", "pod", active["metadata"]["name"], "-n", OPERATOR_NS, "--wait=false"
+        )
+        # A client created as the active pod goes: only an acting replica serves it.
+        app_ns.apply(oauth_client("late", long_lived_idp, "creds"))
+        eventually(lambda: acting(second), timeout=60, interval=0.2, what="the takeover")
+        took_over = time.monotonic() - deleted
+        app_ns.wait_ready("late", timeout=60)
+        served = time.monotonic() - deleted
+
+        (standby,) = second.pods()
+        log = second.node.container_log(OPERATOR_NS, standby["metadata"]["name"], "operator")
+        for name in names:  # resumed from the Secrets
+            assert f"{app_ns.namespace}/{name}: token in Secret {name}-token is valid" in log
+        assert long_lived_idp.stats()["tokenRequests"] == 1  # "late"'s, and no other
+        # The Deployment's new pod is younger than the acting one: it stands by.
+        first.wait_ready()
+        eventually(lambda: acting(first) is False, timeout=30, what="the new pod to stand by")
+        print(
+            f"\npeering handover: the standby acted {took_over:.1f} s after the active pod's "
+            f"delete; a client created at the delete was Ready after {served:.1f} s"
+        )
+    finally:
+        second.uninstall()
+        release.helm("upgrade")
+        release.wait_ready()
 
 
 def test_helm_uninstall_leaves_the_crd_the_clients_and_their_secrets(

@@ -17,30 +17,66 @@ def test_environment_sets_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert build_parser().parse_args(["run", "--metrics-port", "0"]).metrics_port == 0
 
 
-def test_a_service_link_variable_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+def bad_start(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """The error argparse prints when the command is parsed; it must exit 2."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(argv))
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_service_link_variable_is_explained(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """What a real node revealed: kubelet's service links turn a Service named
     oauth-token-operator-metrics into OAUTH_TOKEN_OPERATOR_METRICS_PORT=tcp://..."""
     monkeypatch.setenv("OAUTH_TOKEN_OPERATOR_METRICS_PORT", "tcp://10.0.0.146:41543")
-    with pytest.raises(SystemExit) as exited:
-        build_parser()
-    message = str(exited.value.code)
-    assert "OAUTH_TOKEN_OPERATOR_METRICS_PORT='tcp://10.0.0.146:41543' is not valid" in message
+    message = bad_start(capsys, "run")
+    assert "'tcp://10.0.0.146:41543' is not valid (from OAUTH_TOKEN_OPERATOR_METRICS_PORT)" in (
+        message
+    )
     assert "Service named oauth-token-operator-metrics" in message
     assert "enableServiceLinks: false" in message
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("HEALTH_PORT", "70000"), ("CONCURRENCY", "many"), ("PROPAGATION_MARGIN", "soon")],
+    [
+        ("HEALTH_PORT", "70000"),
+        ("CONCURRENCY", "many"),
+        ("CONCURRENCY", "0"),  # nothing would ever run
+        ("PROPAGATION_MARGIN", "soon"),
+        ("LOG_LEVEL", "verbose"),
+    ],
 )
-def test_a_bad_value_names_its_variable(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+def test_a_bad_value_names_its_variable_when_the_command_runs_not_before(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str
 ) -> None:
     monkeypatch.setenv(f"OAUTH_TOKEN_OPERATOR_{name}", value)
-    with pytest.raises(SystemExit) as exited:
-        build_parser()
-    assert f"OAUTH_TOKEN_OPERATOR_{name}={value!r} is not valid" in str(exited.value.code)
-    assert "Service" not in str(exited.value.code)
+    with pytest.raises(SystemExit) as helped:
+        build_parser().parse_args(["--help"])
+    assert helped.value.code == 0
+    message = bad_start(capsys, "run")
+    assert f"{value!r} is not valid (from OAUTH_TOKEN_OPERATOR_{name})" in message
+    assert "Service" not in message
+
+
+def test_concurrency_zero_on_the_command_line_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert "'0' is not valid: 0 is less than 1" in bad_start(capsys, "run", "--concurrency", "0")
+
+
+def test_the_operator_logs_at_info_and_the_commands_at_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """argparse shares a parent parser's Actions between subcommands: the commands' quieter
+    default must not leak into `run`."""
+    parser = build_parser()
+    assert parser.parse_args(["run"]).log_level == "info"
+    assert parser.parse_args(["token", "api"]).log_level == "warning"
+    monkeypatch.setenv("OAUTH_TOKEN_OPERATOR_LOG_LEVEL", "DEBUG")
+    assert build_parser().parse_args(["run"]).log_level == "debug"
 
 
 @pytest.mark.parametrize(

@@ -337,12 +337,20 @@ def test_peering_cluster_wide(helm: Path, values: list[str]) -> None:
     manifests = render(helm, *values)
     crds = {m["metadata"]["name"] for m in of_kind(manifests, "CustomResourceDefinition")}
     assert crds == {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    peering = only(manifests, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "oauth-token-operator"
-    # A hook: created after the CRDs above exist (see templates/peering.yaml).
-    assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    for crd in of_kind(manifests, "CustomResourceDefinition"):
+        # Shared by every kopf operator in the cluster: an uninstall must not delete them.
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # The operator creates the peering object; a chart-owned one would be replaced (its
+    # heartbeats wiped) by every upgrade.
+    assert of_kind(manifests, "ClusterKopfPeering") == []
     role = only(manifests, "ClusterRole")
-    assert grants(role, "kopf.dev", "clusterkopfpeerings") == {"get", "list", "watch", "patch"}
+    assert grants(role, "kopf.dev", "clusterkopfpeerings") == {
+        "get",
+        "list",
+        "watch",
+        "patch",
+        "create",
+    }
     deployment = only(manifests, "Deployment")
     assert "strategy" not in deployment["spec"]  # a rolling update is safe with peering
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -351,11 +359,17 @@ def test_peering_cluster_wide(helm: Path, values: list[str]) -> None:
 
 def test_peering_namespaced(helm: Path) -> None:
     manifests = render(helm, "watchNamespaces={a,b}", "peering.enabled=true")
-    peerings = of_kind(manifests, "KopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["a", "b"]
-    assert of_kind(manifests, "ClusterKopfPeering") == []
-    for role in of_kind(manifests, "Role"):
-        assert grants(role, "kopf.dev", "kopfpeerings") == {"get", "list", "watch", "patch"}
+    assert of_kind(manifests, "KopfPeering") == of_kind(manifests, "ClusterKopfPeering") == []
+    roles = of_kind(manifests, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
+    for role in roles:
+        assert grants(role, "kopf.dev", "kopfpeerings") == {
+            "get",
+            "list",
+            "watch",
+            "patch",
+            "create",
+        }
     # Peering CRDs can be left to whoever installed them already.
     assert (
         of_kind(render(helm, "replicas=2", "peering.createCRDs=false"), "CustomResourceDefinition")

@@ -747,3 +747,25 @@ async def test_a_token_too_short_lived_is_reported_not_chased(answer: bytes) -> 
     assert (condition["status"], condition["reason"]) == ("False", "TokenTooShortLived")
     assert "lifetime" in condition["message"]
     assert due is not None and due - START >= schedule.HUMAN_RETRY_BASE / 2  # not a tight loop
+
+
+async def test_a_standby_replica_runs_nothing_and_takes_over_what_exists_then() -> None:
+    world = World()
+    await world.refresher.observe(world.body())
+    await run_and_schedule(world)
+    world.refresher.stand_by()
+    assert world.refresher.scheduler.due_time(KEY) is None
+    assert await world.refresher._run(KEY) is None  # holds no clients
+    world.refresher.secret_changed(NS, OUTPUT_SECRET, None)  # a peer's business now
+    assert len(world.refresher.scheduler) == 0
+
+    # Taking over: only what exists now runs, from the Secrets (no token request).
+    world.clock.now += 600
+    await world.refresher.take_over([world.body()])
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 1
+
+    world.refresher.stand_by()
+    await world.refresher.take_over([])  # deleted while we stood by
+    assert await world.refresher._run(KEY) is None

@@ -534,3 +534,43 @@ async def test_a_stop_as_the_loop_is_woken_ends_the_loop(steps: int) -> None:
     loop_task.cancel()
     done, _ = await asyncio.wait({loop_task}, timeout=60)
     assert loop_task in done
+
+
+async def test_paused_scheduler_starts_nothing_until_resumed() -> None:
+    started: list[Hashable] = []
+
+    async def work(key: Hashable) -> float | None:
+        started.append(key)
+        await asyncio.sleep(5)
+        return None
+
+    scheduler = Scheduler(work, concurrency=4, clock=now)
+    scheduler.schedule_now("a")
+    async with running(scheduler):
+        await wait_for(lambda: scheduler.running == 1)
+        scheduler.pause()
+        scheduler.schedule_now("b")  # recorded, not started
+        scheduler.schedule("c", now() + 1)
+        await asyncio.sleep(10)
+        assert started == ["a"] and scheduler.running == 0  # the run in progress finished
+        scheduler.resume()
+        await wait_for(lambda: len(started) == 3)
+    assert sorted(map(str, started)) == ["a", "b", "c"]
+
+
+async def test_forget_all_drops_due_and_running_keys() -> None:
+    runs: list[Hashable] = []
+
+    async def work(key: Hashable) -> float | None:
+        runs.append(key)
+        await asyncio.sleep(5)
+        return now() + 1  # would run again in a second
+
+    scheduler = Scheduler(work, concurrency=1, clock=now)
+    scheduler.schedule_now("a")
+    scheduler.schedule_now("b")
+    async with running(scheduler):
+        await wait_for(lambda: scheduler.running == 1)
+        scheduler.forget_all()
+        await asyncio.sleep(20)
+    assert runs == ["a"] and len(scheduler) == 0
