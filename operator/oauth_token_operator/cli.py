@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -203,8 +204,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     if args.command == "run":
         return run_operator(args)
-    result: int = asyncio.run(args.handler(args))
+    if args.log_level != "debug":
+        # Its warnings repeat what the one-line error below says.
+        logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
+    try:
+        result: int = asyncio.run(args.handler(args))
+    except Exception as exc:
+        message = explain(exc)
+        if message is None:
+            raise  # a bug: the traceback is what a report needs
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return result
+
+
+def explain(exc: Exception) -> str | None:
+    """One line that says what went wrong and what to do, for the everyday failures of the
+    commands people type; None for anything else."""
+    import aiohttp
+    import httpx
+    from kubernetes_asyncio.config import ConfigException
+
+    from .kube import KubeError
+
+    if isinstance(exc, ConfigException):
+        missing = [
+            p for p in os.environ.get("KUBECONFIG", "").split(":") if p and not os.path.exists(p)
+        ]
+        detail = f"{', '.join(missing)} does not exist" if missing else str(exc)
+        return f"no usable Kubernetes configuration ({detail}); set KUBECONFIG or --kubeconfig"
+    if isinstance(exc, KubeError):
+        if exc.kind_missing:
+            return (
+                "the API server does not serve OAuthClients: install the CRD "
+                "(kubectl apply -f crds/oauthclients.oauth-token-operator.dev.yaml)"
+            )
+        if exc.status in (401, 403):
+            return f"the API server refused ({exc}); ask for RBAC on this namespace"
+        return f"the API server answered {exc}"
+    if isinstance(exc, aiohttp.ClientError):
+        return f"cannot reach the Kubernetes API server ({exc}); is the cluster up?"
+    if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return f"the TLS certificate of {exc.request.url.host} is not trusted; pass --ca-file"
+    if isinstance(exc, httpx.TransportError):
+        return f"cannot reach {exc.request.url} ({exc or type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return "the loopback port is in use; choose another --port (0: any free port)"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return None
 
 
 def run_operator(args: argparse.Namespace) -> int:

@@ -22,9 +22,11 @@ class KubeError(Exception):
     """An API call failed. Carries the status code and the API's short reason, never a body
     that might echo Secret data."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, kind_missing: bool = False) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        # A 404 for the URL itself, not for an object: the API (a CRD) is not installed.
+        self.kind_missing = kind_missing
 
     @property
     def conflict(self) -> bool:
@@ -42,13 +44,33 @@ async def _json(call: Any) -> Any:
     try:
         body = await response.read()
         if not 200 <= response.status < 300:
-            reason = response.reason or ""
+            reason, status_object = response.reason or "", False
             with contextlib.suppress(ValueError, AttributeError):
                 reason = json.loads(body).get("message", reason)
-            raise KubeError(response.status, str(reason)[:300])
+                status_object = True
+            # An object that is not there comes with a Status; a path no API serves, with
+            # "404 page not found".
+            kind_missing = response.status == 404 and not status_object
+            raise KubeError(response.status, str(reason)[:300], kind_missing)
         return json.loads(body) if body else None
     finally:
         response.release()
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace kubectl would use: the pod's own in a cluster, else the kubeconfig's
+    current context's, else "default"."""
+    with contextlib.suppress(OSError), open(SERVICE_ACCOUNT_NAMESPACE) as file:
+        return file.read().strip() or "default"
+    try:
+        _, current = config.list_kube_config_contexts(config_file=kubeconfig)
+    except (config.ConfigException, OSError):
+        return "default"  # connecting will say what is wrong with the kubeconfig
+    namespace = (current or {}).get("context", {}).get("namespace")
+    return str(namespace or "default")
 
 
 class Kube:
@@ -97,7 +119,7 @@ class Kube:
                 )
             )
         except KubeError as exc:
-            if exc.not_found:
+            if exc.not_found and not exc.kind_missing:
                 return None
             raise
         return body
@@ -187,17 +209,25 @@ class Kube:
         )
         return replaced
 
-    async def upsert_secret_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        """Creates the Secret or merges these (base64) data keys into it."""
+    async def upsert_secret_data(
+        self, namespace: str, name: str, data: dict[str, str], dry_run: bool = False
+    ) -> None:
+        """Creates the Secret or merges these (base64) data keys into it. dry_run: the API
+        server checks the write (RBAC, admission) and stores nothing."""
         body = {"metadata": {"name": name, "namespace": namespace}, "data": data}
+        options: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         try:
-            await self.create_secret(namespace, body)
+            await _json(
+                self._core.create_namespaced_secret(
+                    namespace, body, _preload_content=False, **options
+                )
+            )
         except KubeError as exc:
             if exc.status != 409:
                 raise
             await _json(
                 self._core.patch_namespaced_secret(
-                    name, namespace, {"data": data}, _preload_content=False
+                    name, namespace, {"data": data}, _preload_content=False, **options
                 )
             )
 

@@ -18,17 +18,19 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
-from .kube import Kube
+from .kube import Kube, default_namespace
 from .oauth import (
     Credentials,
     EndpointPolicy,
     OAuthError,
     Outcome,
+    Token,
     check_endpoint,
     client_authentication,
     map_error_response,
     parse_token_response,
 )
+from .rescue import keep_refresh_token
 from .spec import ClientAuth
 from .wire import encode_data
 
@@ -73,7 +75,9 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--ca-file", default=None, help="PEM CA bundle for the provider")
     parser.add_argument("--allow-http", action="store_true")
-    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument(
+        "-n", "--namespace", help="the credentials Secret's namespace (default: the context's)"
+    )
     parser.add_argument("--secret", required=True, help="credentials Secret to create or update")
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument("--client-id-key", default="client_id")
@@ -147,14 +151,26 @@ class _Callback:
 async def _discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     response = await http.get(url)
-    response.raise_for_status()
-    document: dict[str, Any] = response.json()
+    try:
+        response.raise_for_status()
+        document: dict[str, Any] = response.json()
+        endpoints = (document["token_endpoint"], document["authorization_endpoint"])
+        if not all(isinstance(endpoint, str) for endpoint in endpoints):
+            raise TypeError
+    except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            "DiscoveryFailed",
+            f"{url} (HTTP {response.status_code}) is no OpenID discovery document with "
+            "token and authorization endpoints; is --issuer the issuer's URL?",
+        ) from None
     if str(document.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
         raise OAuthError(Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"{url} names another issuer")
     return document
 
 
 async def run(args: argparse.Namespace) -> int:
+    args.namespace = args.namespace or default_namespace(args.kubeconfig)
     client_secret = None
     if args.client_secret_file:
         client_secret = Path(args.client_secret_file).read_text().strip()  # noqa: ASYNC240
@@ -167,41 +183,44 @@ async def run(args: argparse.Namespace) -> int:
     if args.ca_file:
         import ssl
 
-        verify = ssl.create_default_context(cafile=args.ca_file)
-    try:
-        await check_endpoint(args.issuer, policy)
-        async with httpx.AsyncClient(verify=verify, timeout=30.0) as http:
-            document = await _discover(http, args.issuer)
-            token_endpoint = document["token_endpoint"]
-            await check_endpoint(token_endpoint, policy)
-            code, redirect_uri, verifier = await _authorize(args, document, extra)
-            creds = Credentials(args.client_id, client_secret)
-            form, headers = client_authentication(auth, creds, token_endpoint, 0.0)
-            form.update(
-                grant_type="authorization_code",
-                code=code,
-                redirect_uri=redirect_uri,
-                code_verifier=verifier,
-            )
-            response = await http.post(token_endpoint, data=form, headers=headers)
-            if response.status_code != 200:
-                raise map_error_response(response.status_code, response.content, None)
-            token = parse_token_response(response.content, 0.0, 3600.0)
-    except OAuthError as exc:
-        print(f"error: {exc.reason}: {exc}", file=sys.stderr)
-        return 1
-    if not token.refresh_token:
-        print(
-            "error: the provider returned no refresh token (did you request offline_access?)",
-            file=sys.stderr,
-        )
-        return 1
-    data = {args.client_id_key: creds.client_id, args.refresh_token_key: token.refresh_token}
-    if client_secret:
-        data[args.client_secret_key] = client_secret
+        try:
+            verify = ssl.create_default_context(cafile=args.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"error: --ca-file {args.ca_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     kube = await Kube.connect(args.kubeconfig)
     try:
-        await kube.upsert_secret_data(args.namespace, args.secret, encode_data(data))
+        # Before the browser: a grant whose refresh token cannot be stored is wasted, so the
+        # API server checks the write (RBAC, admission) first, storing nothing.
+        await kube.upsert_secret_data(
+            args.namespace, args.secret, {args.refresh_token_key: ""}, dry_run=True
+        )
+        try:
+            token, creds = await _login(args, policy, verify, extra, auth, client_secret)
+        except OAuthError as exc:
+            print(f"error: {exc.reason}: {exc}", file=sys.stderr)
+            return 1
+        if not token.refresh_token:
+            print(
+                "error: the provider returned no refresh token (did you request offline_access?)",
+                file=sys.stderr,
+            )
+            return 1
+        data = {args.client_id_key: creds.client_id, args.refresh_token_key: token.refresh_token}
+        if client_secret:
+            data[args.client_secret_key] = client_secret
+        try:
+            await kube.upsert_secret_data(args.namespace, args.secret, encode_data(data))
+        except Exception as exc:  # whatever failed, the grant must survive
+            where = keep_refresh_token(
+                args.namespace, args.secret, args.refresh_token_key, token.refresh_token
+            )
+            print(
+                f"error: the login succeeded but Secret {args.namespace}/{args.secret} could "
+                f"not be written ({exc}); {where}",
+                file=sys.stderr,
+            )
+            return 1
     finally:
         await kube.close()
     print(
@@ -210,6 +229,35 @@ async def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+async def _login(
+    args: argparse.Namespace,
+    policy: EndpointPolicy,
+    verify: Any,
+    extra: dict[str, str],
+    auth: ClientAuth,
+    client_secret: str | None,
+) -> tuple[Token, Credentials]:
+    """Discovery, the browser, and the code exchange."""
+    await check_endpoint(args.issuer, policy)
+    async with httpx.AsyncClient(verify=verify, timeout=30.0) as http:
+        document = await _discover(http, args.issuer)
+        token_endpoint = document["token_endpoint"]
+        await check_endpoint(token_endpoint, policy)
+        code, redirect_uri, verifier = await _authorize(args, document, extra)
+        creds = Credentials(args.client_id, client_secret)
+        form, headers = client_authentication(auth, creds, token_endpoint, 0.0)
+        form.update(
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=redirect_uri,
+            code_verifier=verifier,
+        )
+        response = await http.post(token_endpoint, data=form, headers=headers)
+        if response.status_code != 200:
+            raise map_error_response(response.status_code, response.content, None)
+        return parse_token_response(response.content, 0.0, 3600.0), creds
 
 
 async def _authorize(

@@ -8,18 +8,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import reasons
 from .custody import ClaimHeld, Holder
 from .exchange import Exchanger, read_inputs
-from .kube import Kube
+from .kube import Kube, default_namespace
 from .oauth import EndpointPolicy, OAuthError, TokenClient, jwt_claims
+from .rescue import keep_refresh_token
 from .spec import API_GROUP, API_VERSION, PLURAL, OAuthClientSpec, SpecError, parse
 from .wire import rfc3339
 
@@ -37,7 +36,9 @@ def add_parser(
         "token", help="perform one exchange for an OAuthClient", parents=parents
     )
     parser.add_argument("name", help="the OAuthClient's name")
-    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument(
+        "-n", "--namespace", help="the OAuthClient's namespace (default: the context's)"
+    )
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument(
         "--print-token",
@@ -49,6 +50,7 @@ def add_parser(
 
 
 async def run(args: argparse.Namespace) -> int:
+    args.namespace = args.namespace or default_namespace(args.kubeconfig)
     kube = await Kube.connect(args.kubeconfig)
     tokens = TokenClient(EndpointPolicy(args.allow_http, frozenset(args.allowed_hosts)))
     try:
@@ -100,21 +102,12 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _keep_unpersisted(spec: OAuthClientSpec, refresh_token: str) -> int:
-    """The provider rotated the refresh token but the Secret could not be written: the new
-    token is the only one that still works, so it goes to a private file, never to the
-    terminal."""
+    """The provider rotated the refresh token but the Secret could not be written."""
     ns, name = spec.key.namespace, spec.credentials.secret_name
-    path = Path(f"oauth-token-operator-{ns}-{name}.refresh-token").resolve()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(refresh_token)
-    key = spec.credentials.refresh_token
+    where = keep_refresh_token(ns, name, spec.credentials.refresh_token, refresh_token)
     print(
         f"error: {reasons.REFRESH_TOKEN_NOT_PERSISTED}: the provider rotated the refresh token "
-        f"but Secret {ns}/{name} could not be updated; the new token is in {path} (mode 0600). "
-        f"Store it before anything refreshes again:\n"
-        f"  kubectl -n {ns} patch secret {name} --type merge "
-        f'-p "{{\\"data\\":{{\\"{key}\\":\\"$(base64 -w0 {path})\\"}}}}"',
+        f"but Secret {ns}/{name} could not be updated; {where}",
         file=sys.stderr,
     )
     return 1

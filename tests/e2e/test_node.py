@@ -225,3 +225,30 @@ def test_a_pod_reads_the_token_and_sees_the_refresh_before_the_old_one_expires(
         f"the old token had {first_exp - file_at:.1f} s left (renew margin 90 s)"
     )
     assert file_at < first_exp  # never late
+
+
+def test_namespace_editors_may_manage_oauthclients_and_viewers_read_them(
+    release: Release, app_ns: Cluster
+) -> None:
+    """The chart's roles aggregate into Kubernetes' edit/admin and view roles (by the
+    controller-manager's aggregation controller), so no extra RBAC is needed per team."""
+    cp, ns = release.cp, app_ns.namespace
+    cp.kubectl("create", "rolebinding", "alice", "--clusterrole=edit", "--user=alice", "-n", ns)
+    cp.kubectl("create", "rolebinding", "bob", "--clusterrole=view", "--user=bob", "-n", ns)
+
+    def can(user: str, verb: str) -> bool:
+        answer = cp.kubectl(
+            "auth",
+            "can-i",
+            verb,
+            "oauthclients.oauth-token-operator.dev",
+            "-n",
+            ns,
+            f"--as={user}",
+            check=False,
+        )
+        return bool(answer.stdout.strip() == "yes")
+
+    eventually(lambda: can("alice", "create"), timeout=30, what="edit to include OAuthClients")
+    assert can("alice", "delete") and can("bob", "list")
+    assert not can("bob", "create")

@@ -181,6 +181,7 @@ class Node:
             "serviceaccount-token-controller,root-ca-certificate-publisher-controller,"
             "deployment-controller,replicaset-controller,namespace-controller,"
             "disruption-controller,pod-garbage-collector-controller,"
+            "clusterrole-aggregation-controller,"
             # Lifts the not-ready taint kubelet registers the node with, once it is Ready.
             "node-lifecycle-controller"
         )

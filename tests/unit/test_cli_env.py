@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from oauth_token_operator.cli import build_parser
+from oauth_token_operator.cli import build_parser, explain
 from oauth_token_operator.handlers import in_cluster_server
+from oauth_token_operator.kube import KubeError, _json
 
 
 def test_environment_sets_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,3 +101,35 @@ def test_in_cluster_server_is_the_address_kubelet_gives(
     """Not kopf's https://kubernetes.default.svc, which needs cluster DNS (a real node
     showed hostNetwork pods without it)."""
     assert in_cluster_server(environ) == server
+
+
+class _Response:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.reason, self._body = status, "Not Found", body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("body", "kind_missing"),
+    [
+        (b'{"kind":"Status","message":"oauthclients \\"api\\" not found"}', False),
+        (b"404 page not found\n", True),  # what the API server says for an unserved path
+    ],
+)
+async def test_a_missing_crd_is_told_apart_from_a_missing_object(
+    body: bytes, kind_missing: bool
+) -> None:
+    async def call() -> _Response:
+        return _Response(404, body)
+
+    with pytest.raises(KubeError) as raised:
+        await _json(call())
+    assert raised.value.kind_missing is kind_missing
+    message = explain(raised.value)
+    assert message is not None
+    assert ("install the CRD" in message) is kind_missing

@@ -59,6 +59,17 @@ def of_kind(manifests: Iterable[Manifest], kind: str) -> list[Manifest]:
     return [m for m in manifests if m["kind"] == kind]
 
 
+def aggregated(manifest: Manifest) -> bool:
+    """A ClusterRole for users, aggregated into Kubernetes' default roles."""
+    labels = manifest["metadata"].get("labels", {})
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels)
+
+
+def operators(manifests: Iterable[Manifest]) -> list[Manifest]:
+    """The objects that run the operator: without the users' aggregated roles."""
+    return [m for m in manifests if not aggregated(m)]
+
+
 def grants(role: Manifest, group: str, resource: str) -> set[str]:
     """The verbs a Role/ClusterRole grants on group/resource."""
     verbs: set[str] = set()
@@ -224,7 +235,7 @@ def test_args_follow_values(helm: Path) -> None:
 def test_default_rbac_is_cluster_wide_and_minimal(helm: Path) -> None:
     manifests = render(helm)
     assert of_kind(manifests, "Role") == []
-    role = only(manifests, "ClusterRole")
+    role = only(operators(manifests), "ClusterRole")
     group = "oauth-token-operator.dev"
     assert grants(role, group, "oauthclients") == {"get", "list", "watch"}
     assert grants(role, group, "oauthclients/status") == {"patch", "update"}
@@ -278,6 +289,8 @@ def test_deploy_manifests_are_the_rendered_chart(helm: Path) -> None:
     manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     assert sorted(m["kind"] for m in manifests) == [
         "ClusterRole",
+        "ClusterRole",  # the users' edit and view roles
+        "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
         "Namespace",
@@ -313,7 +326,7 @@ def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> N
         }
 
     # What stays cluster-wide is only what kopf's scanning reads.
-    for cluster_role in of_kind(manifests, "ClusterRole"):
+    for cluster_role in of_kind(operators(manifests), "ClusterRole"):
         for rule in cluster_role["rules"]:
             assert "secrets" not in rule["resources"], rule
             assert set(rule["verbs"]) <= {"list", "watch"}, rule
@@ -343,7 +356,7 @@ def test_peering_cluster_wide(helm: Path, values: list[str]) -> None:
     # The operator creates the peering object; a chart-owned one would be replaced (its
     # heartbeats wiped) by every upgrade.
     assert of_kind(manifests, "ClusterKopfPeering") == []
-    role = only(manifests, "ClusterRole")
+    role = only(operators(manifests), "ClusterRole")
     assert grants(role, "kopf.dev", "clusterkopfpeerings") == {
         "get",
         "list",
@@ -408,3 +421,63 @@ def test_no_service_link_variables_in_the_operator_pod(helm: Path) -> None:
     (kubelet's Docker-link variables), which is the operator's own setting's name."""
     pod = only(render(helm), "Deployment")["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False
+
+
+def test_namespace_editors_and_viewers_get_oauthclients_through_the_default_roles(
+    helm: Path,
+) -> None:
+    roles = {
+        role["metadata"]["name"]: role
+        for role in of_kind(render(helm), "ClusterRole")
+        if aggregated(role)
+    }
+    edit, view = roles["oauth-token-operator-edit"], roles["oauth-token-operator-view"]
+    labels = edit["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert {"create", "delete", "patch", "update"} <= grants(
+        edit, "oauth-token-operator.dev", "oauthclients"
+    )
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert grants(view, "oauth-token-operator.dev", "oauthclients") == {"get", "list", "watch"}
+    for role in (edit, view):  # users' roles never reach Secrets
+        assert not any("secrets" in rule["resources"] for rule in role["rules"])
+    assert not [
+        r
+        for r in of_kind(render(helm, "rbac.aggregateToDefaultRoles=false"), "ClusterRole")
+        if aggregated(r)
+    ]
+
+
+def test_no_rbac_for_owner_finalizers_the_operator_never_needs(helm: Path) -> None:
+    """Output Secrets' ownerReferences say blockOwnerDeletion: false (secret_bodies.py), so
+    the operator needs no update on oauthclients/finalizers."""
+    role = only(operators(render(helm)), "ClusterRole")
+    assert grants(role, "oauth-token-operator.dev", "oauthclients/finalizers") == set()
+
+
+def test_a_long_release_name_keeps_every_name_within_its_limit(helm: Path) -> None:
+    manifests = render(helm, f"fullnameOverride={'a' * 60}")
+    service = only(manifests, "Service")
+    assert len(service["metadata"]["name"]) <= 63
+    assert service["metadata"]["name"].endswith("-metrics")
+    for manifest in manifests:
+        assert len(manifest["metadata"]["name"]) <= 253
+
+
+def test_metrics_disabled_turns_the_listener_off(helm: Path) -> None:
+    manifests = render(helm, "metrics.enabled=false")
+    assert of_kind(manifests, "Service") == []
+    (container,) = only(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=0" in container["args"]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+
+
+def test_a_disruption_budget_keeps_a_replica_through_drains(helm: Path) -> None:
+    assert of_kind(render(helm), "PodDisruptionBudget") == []  # one replica: nothing to keep
+    budget = only(render(helm, "replicas=2"), "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    deployment = only(render(helm, "replicas=2"), "Deployment")
+    assert (
+        budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )

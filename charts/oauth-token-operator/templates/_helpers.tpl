@@ -72,12 +72,6 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
 - apiGroups: [oauth-token-operator.dev]
   resources: [oauthclients/status]
   verbs: [patch, update]
-# The output Secrets carry an ownerReference with blockOwnerDeletion to their OAuthClient;
-# clusters with the OwnerReferencesPermissionEnforcement admission plugin (OpenShift, for
-# one) require update on the owner's finalizers for that.
-- apiGroups: [oauth-token-operator.dev]
-  resources: [oauthclients/finalizers]
-  verbs: [update]
 # Read credentials and CA bundle Secrets; create and update the output Secrets it owns
 # (the operator checks ownership before every write). No delete: garbage collection
 # removes output Secrets through their ownerReference.
