@@ -197,7 +197,6 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_does(
     assert granted == {
         OAUTHCLIENTS: {"get", "list", "watch"},
         f"{OAUTHCLIENTS}/status": {"patch", "update"},
-        f"{OAUTHCLIENTS}/finalizers": {"update"},
         "secrets": {"get", "list", "watch", "create", "update", "patch"},
         "events": {"create", "patch"},
         "events.events.k8s.io": {"create", "patch"},
