@@ -57,6 +57,16 @@ async def _json(call: Any) -> Any:
         response.release()
 
 
+# (group, version, plural) of the custom resources the operator reads and writes.
+Resource = tuple[str, str, str]
+OAUTHCLIENTS: Resource = (API_GROUP, API_VERSION, PLURAL)
+
+
+def _peerings(namespace: str | None) -> Resource:
+    """kopf's peering resource: cluster-wide, or one per namespace."""
+    return ("kopf.dev", "v1", "clusterkopfpeerings" if namespace is None else "kopfpeerings")
+
+
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -114,9 +124,7 @@ class Kube:
     ) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = await _json(
-                self._custom.get_namespaced_custom_object(
-                    group, version, namespace, plural, name, _preload_content=False
-                )
+                self._custom_object("get", (group, version, plural), namespace, name)
             )
         except KubeError as exc:
             if exc.not_found and not exc.kind_missing:
@@ -124,24 +132,28 @@ class Kube:
             raise
         return body
 
+    def _custom_object(
+        self, verb: str, resource: Resource, namespace: str | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """CustomObjectsApi's <verb>_cluster_custom_object call (namespace None) or its
+        <verb>_namespaced_custom_object twin, answering raw JSON for _json()."""
+        group, version, plural = resource
+        if namespace is None:
+            method = getattr(self._custom, f"{verb}_cluster_custom_object")
+            return method(group, version, plural, *args, _preload_content=False, **kwargs)
+        method = getattr(self._custom, f"{verb}_namespaced_custom_object")
+        return method(group, version, namespace, plural, *args, _preload_content=False, **kwargs)
+
     async def list_oauthclients(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """Every OAuthClient in these namespaces (empty: all), read in pages of 500."""
         items: list[dict[str, Any]] = []
         for namespace in namespaces or (None,):
             token = None
             while True:
-                kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False}
-                if token:
-                    kwargs["_continue"] = token
-                if namespace is None:
-                    call = self._custom.list_cluster_custom_object(
-                        API_GROUP, API_VERSION, PLURAL, **kwargs
-                    )
-                else:
-                    call = self._custom.list_namespaced_custom_object(
-                        API_GROUP, API_VERSION, namespace, PLURAL, **kwargs
-                    )
-                page = await _json(call)
+                more: dict[str, str] = {"_continue": token} if token else {}
+                page = await _json(
+                    self._custom_object("list", OAUTHCLIENTS, namespace, limit=500, **more)
+                )
                 items.extend(page.get("items") or ())
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:
@@ -153,21 +165,10 @@ class Kube:
         empty: the ClusterKopfPeering; else a KopfPeering in each). Never replaces one: its
         status holds every replica's heartbeat and priority."""
         for namespace in namespaces or (None,):
-            body: dict[str, Any] = {
-                "apiVersion": "kopf.dev/v1",
-                "kind": "ClusterKopfPeering" if namespace is None else "KopfPeering",
-                "metadata": {"name": name},
-            }
-            if namespace is None:
-                call = self._custom.create_cluster_custom_object(
-                    "kopf.dev", "v1", "clusterkopfpeerings", body, _preload_content=False
-                )
-            else:
-                call = self._custom.create_namespaced_custom_object(
-                    "kopf.dev", "v1", namespace, "kopfpeerings", body, _preload_content=False
-                )
+            kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
+            body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
             try:
-                await _json(call)
+                await _json(self._custom_object("create", _peerings(namespace), namespace, body))
                 log.info("created the kopf peering %s in %s", name, namespace or "the cluster")
             except KubeError as exc:
                 if exc.status == 403:  # an older Role: kopf waits for the object instead
@@ -180,16 +181,10 @@ class Kube:
         or the KopfPeering in each namespace; missing ones are left out."""
         bodies = []
         for namespace in namespaces or (None,):
-            if namespace is None:
-                call = self._custom.get_cluster_custom_object(
-                    "kopf.dev", "v1", "clusterkopfpeerings", name, _preload_content=False
-                )
-            else:
-                call = self._custom.get_namespaced_custom_object(
-                    "kopf.dev", "v1", namespace, "kopfpeerings", name, _preload_content=False
-                )
             try:
-                bodies.append(await _json(call))
+                bodies.append(
+                    await _json(self._custom_object("get", _peerings(namespace), namespace, name))
+                )
             except KubeError as exc:
                 if not exc.not_found:
                     raise
