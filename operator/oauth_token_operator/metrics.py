@@ -28,6 +28,7 @@ ACTIVE = Gauge(
     "oauth_token_operator_active",
     "1 while this replica acts on OAuthClients, 0 while it stands by for a peer.",
 )
+ACTIVE.set(1)  # a replica acts unless its peering says otherwise
 CLIENTS = Gauge("oauth_token_operator_clients", "OAuthClients known to the operator.")
 
 

@@ -69,7 +69,6 @@ async def follow(
     this replica starts or stops acting. Runs until cancelled; a failed read or change keeps
     the current state and is tried again at the next poll."""
     acting = True  # until told otherwise: kopf starts its watches before it hears of peers
-    metrics.ACTIVE.set(1)
     while True:
         try:
             now_acting = should_act(await read(), identity, priority, clock())

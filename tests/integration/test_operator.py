@@ -434,6 +434,7 @@ def test_metrics_and_health_endpoints(
     assert 'oauth_token_operator_exchanges_total{result="success"} 1.0' in text
     assert 'oauth_token_operator_exchanges_total{result="needs_human"} 1.0' in text
     assert "oauth_token_operator_clients 2.0" in text
+    assert "oauth_token_operator_active 1.0" in text  # a lone replica acts
 
 
 def _get(url: str) -> httpx.Response | None:
