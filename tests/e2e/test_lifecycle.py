@@ -55,16 +55,22 @@ def long_lived_idp(e2e_ca: TestCA) -> Iterator[IdentityProvider]:
         yield idp
 
 
-def test_a_replaced_operator_pod_requests_no_token_that_is_still_valid(
-    release: Release, app_ns: Cluster, long_lived_idp: IdentityProvider
-) -> None:
+def ready_clients(app_ns: Cluster, idp: IdentityProvider) -> list[str]:
+    """Three client-credentials OAuthClients, Ready; the provider's counts start after."""
     names = ["one", "two", "three"]
     app_ns.create_secret("creds", {"client_id": CC_POST, "client_secret": CC_POST_SECRET})
     for name in names:
-        app_ns.apply(oauth_client(name, long_lived_idp, "creds"))
+        app_ns.apply(oauth_client(name, idp, "creds"))
     for name in names:
         app_ns.wait_ready(name, timeout=60)
-    long_lived_idp.reset_stats()
+    idp.reset_stats()
+    return names
+
+
+def test_a_replaced_operator_pod_requests_no_token_that_is_still_valid(
+    release: Release, app_ns: Cluster, long_lived_idp: IdentityProvider
+) -> None:
+    names = ready_clients(app_ns, long_lived_idp)
     (old,) = release.pods()
 
     deleted = time.monotonic()
@@ -190,13 +196,7 @@ def test_of_two_peered_replicas_one_acts_and_the_other_takes_over_from_a_deleted
         eventually(lambda: acting(second) is False, timeout=30, what="the second to stand by")
         assert acting(first) is True  # the older replica keeps the work
 
-        names = ["one", "two", "three"]
-        app_ns.create_secret("creds", {"client_id": CC_POST, "client_secret": CC_POST_SECRET})
-        for name in names:
-            app_ns.apply(oauth_client(name, long_lived_idp, "creds"))
-        for name in names:
-            app_ns.wait_ready(name, timeout=60)
-        long_lived_idp.reset_stats()
+        names = ready_clients(app_ns, long_lived_idp)
 
         (active,) = first.pods()
         deleted = time.monotonic()

@@ -29,6 +29,13 @@ def identity_provider(test_ca: TestCA) -> Iterator[IdentityProvider]:
         yield idp
 
 
+@pytest.fixture(scope="module")
+def short_lived_idp(test_ca: TestCA) -> Iterator[IdentityProvider]:
+    """A provider whose access tokens live 20 s, so refreshes happen within a test."""
+    with IdentityProvider(test_ca, access_token_ttl=20) as idp:
+        yield idp
+
+
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from tests.support.idp import (
     IdentityProvider,
 )
 from tests.support.operator_process import OperatorProcess
-from tests.support.pki import TestCA
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +48,6 @@ def oauth_client(name: str, issuer: str, credentials: str, **spec: Any) -> dict[
             **spec,
         },
     }
-
-
-@pytest.fixture(scope="module")
-def short_lived_idp(test_ca: TestCA) -> Iterator[IdentityProvider]:
-    """A provider whose access tokens live 20 s, so refreshes happen within a test."""
-    with IdentityProvider(test_ca, access_token_ttl=20) as idp:
-        yield idp
 
 
 def test_client_credentials_token_lands_in_owned_secret(

@@ -4,7 +4,6 @@ refresh token is never used by two processes at once."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from tests.support.idp import (
     IdentityProvider,
 )
 from tests.support.operator_process import OperatorProcess
-from tests.support.pki import TestCA
 
 pytestmark = pytest.mark.integration
 
@@ -87,12 +85,6 @@ def test_only_one_of_two_peered_replicas_acts(
     acted = [log for log in logs if "wrote a token" in log]
     assert len(acted) == 1, "exactly one replica may exchange and write"
     assert identity_provider.stats()["tokenRequests"] == 1
-
-
-@pytest.fixture(scope="module")
-def short_lived_idp(test_ca: TestCA) -> Iterator[IdentityProvider]:
-    with IdentityProvider(test_ca, access_token_ttl=20) as idp:
-        yield idp
 
 
 def test_the_standby_replica_stays_idle_and_takes_over_when_the_active_one_stops(

@@ -28,7 +28,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, TypeVar
 
 import yaml
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.cached_build import run_build
 from tests.support.pki import KeyPair, TestCA
+from tests.support.service import Service
 
 _REPO = Path(__file__).resolve().parents[2]
 _BUILD_SCRIPT = _REPO / "tests" / "controlplane" / "build.sh"
@@ -133,7 +133,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-class ControlPlane:
+class ControlPlane(Service):
     """etcd and kube-apiserver on 127.0.0.1 with an admin kubeconfig.
 
     Use as a context manager or call start() and stop(). All state (certificates, etcd
@@ -221,17 +221,6 @@ class ControlPlane:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self._server = self._kubeconfig = None
-
-    def __enter__(self) -> ControlPlane:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         """Writes a kubeconfig authenticating as `user` (client-cert CN) in `groups`

@@ -20,13 +20,13 @@ import tempfile
 import time
 from html.parser import HTMLParser
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
 from tests.support.pki import TestCA
+from tests.support.service import Service
 
 IDP_DIR = Path(__file__).resolve().parent.parent / "idp"
 
@@ -87,7 +87,7 @@ def default_clients() -> list[dict[str, Any]]:
     ]
 
 
-class IdentityProvider:
+class IdentityProvider(Service):
     """Runs `node tests/idp/server.mjs` until stopped; use as a context manager."""
 
     def __init__(
@@ -222,18 +222,6 @@ class IdentityProvider:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
         self._issuer = self._discovery = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _ensure_node_modules() -> None:

@@ -30,12 +30,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
 
 from tests.support.controlplane import ControlPlane, ControlPlaneError, _free_port
+from tests.support.service import Service
 
 _REPO = Path(__file__).resolve().parents[2]
 _DEBIAN_PACKAGES = "containerd runc containernetworking-plugins buildah mmdebstrap busybox-static"
@@ -70,7 +70,7 @@ def build_image(what: str) -> tuple[Path, str]:
     return Path(archive), ref
 
 
-class Node:
+class Node(Service):
     """kube-controller-manager, kube-scheduler, containerd and kubelet for a ControlPlane
     started with `service_account_admission=True`. Use as a context manager."""
 
@@ -119,17 +119,6 @@ class Node:
         shutil.rmtree(self.dir, ignore_errors=True)
         if leftovers:
             raise ControlPlaneError(f"the node left behind: {leftovers}")
-
-    def __enter__(self) -> Node:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what tests use -------------------------------------------------------------------
 

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.service import Service
 
 
-class OperatorProcess:
+class OperatorProcess(Service):
     def __init__(
         self,
         kubeconfig: Path,
@@ -90,14 +91,3 @@ class OperatorProcess:
         raise AssertionError(
             f"{text!r} not logged within {timeout}s; log tail:\n" + self.logs()[-3000:]
         )
-
-    def __enter__(self) -> OperatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
