@@ -286,20 +286,39 @@ def run_operator(args: argparse.Namespace) -> int:
         args.allowed_hosts or "any",
         args.concurrency,
     )
-    kopf.run(
-        registry=registry_for(settings),
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=peering is None,
-        peering_name=peering.name if peering else None,
-        # (kopf's Identity is a NewType of str that kopf does not export.)
-        identity=cast(Any, peer_identity),
-        priority=peering.priority if peering else 0,
-        liveness_endpoint=(
-            f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-        ),
-    )
-    return 0
+    while True:
+        try:
+            kopf.run(
+                registry=registry_for(settings),
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=peering is None,
+                peering_name=peering.name if peering else None,
+                # (kopf's Identity is a NewType of str that kopf does not export.)
+                identity=cast(Any, peer_identity),
+                priority=peering.priority if peering else 0,
+                liveness_endpoint=(
+                    f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+                ),
+            )
+            return 0
+        except Exception as exc:
+            if not watched_api_gone(exc):
+                raise
+            # kopf has already run the cleanup (the drain): nothing is in flight.
+            logging.getLogger(__name__).warning(
+                "a watched API is no longer served (%s): the OAuthClient CRD was deleted? "
+                "starting over; clients are picked up when it is installed again",
+                exc,
+            )
+            time.sleep(1)
+
+
+def watched_api_gone(exc: BaseException) -> bool:
+    """kopf ends when a watch gets "404 page not found": its CRD observer usually stops the
+    watch first when a CRD is deleted, but the two race (kopf says so in observation.py).
+    kopf does not export its APINotFoundError; it carries the status."""
+    return getattr(exc, "status", None) == 404
 
 
 if __name__ == "__main__":

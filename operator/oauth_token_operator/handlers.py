@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from .config import Peering, Settings
-from .kube import Kube
+from .kube import Kube, KubeError
 from .oauth import TokenClient
 from .peering import follow
 from .refresh import Refresher
@@ -49,6 +49,7 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
         memo.follower = None
+        await _say_whether_served(kube, operator_settings.namespaces)
         if peering := operator_settings.peering:
             # Before kopf starts its peering keepalive, which only patches the object.
             await kube.ensure_peerings(peering.name, operator_settings.namespaces)
@@ -114,10 +115,24 @@ async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> 
     )
 
 
+async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...]) -> None:
+    try:
+        served = await kube.oauthclients_served(namespaces)
+    except KubeError as exc:
+        log.debug("could not tell whether the OAuthClient CRD is installed: %s", exc)
+        return
+    if not served:
+        log.warning(
+            "the OAuthClient CRD is not installed: idle until it is "
+            "(kubectl apply -f crds/oauthclients.oauth-token-operator.dev.yaml)"
+        )
+
+
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Only event handlers are registered: kopf keeps no per-object progress or diff-base
     # annotations and adds no finalizers, so it never writes to users' objects.
-    settings.scanning.disabled = True  # no CRD/namespace watching: less RBAC, less memory
+    # kopf's scanning stays on: it watches CRDs, so that the OAuthClient CRD may be installed
+    # after the operator, or deleted and installed again (cli.run_operator covers the race).
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -145,20 +145,36 @@ class Kube:
         return method(group, version, namespace, plural, *args, _preload_content=False, **kwargs)
 
     async def list_oauthclients(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
-        """Every OAuthClient in these namespaces (empty: all), read in pages of 500."""
+        """Every OAuthClient in these namespaces (empty: all), read in pages of 500; none
+        while the CRD is not installed."""
         items: list[dict[str, Any]] = []
         for namespace in namespaces or (None,):
             token = None
             while True:
                 more: dict[str, str] = {"_continue": token} if token else {}
-                page = await _json(
-                    self._custom_object("list", OAUTHCLIENTS, namespace, limit=500, **more)
-                )
+                try:
+                    page = await _json(
+                        self._custom_object("list", OAUTHCLIENTS, namespace, limit=500, **more)
+                    )
+                except KubeError as exc:
+                    if exc.kind_missing:
+                        return []
+                    raise
                 items.extend(page.get("items") or ())
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:
                     break
         return items
+
+    async def oauthclients_served(self, namespaces: tuple[str, ...]) -> bool:
+        """Whether the API serves OAuthClients, i.e. the CRD is installed."""
+        try:
+            await _json(self._custom_object("list", OAUTHCLIENTS, (*namespaces, None)[0], limit=1))
+        except KubeError as exc:
+            if exc.kind_missing:
+                return False
+            raise
+        return True
 
     async def ensure_peerings(self, name: str, namespaces: tuple[str, ...]) -> None:
         """Creates kopf's peering objects of this name where they are missing (namespaces
