@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import secrets
@@ -62,6 +63,17 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise ValueError(f"{number} is less than 1")
     return number
+
+
+def _address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _port(value: str) -> int:
@@ -177,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="kopf peering name for several replicas (default: standalone)",
     )
     run.add_argument(
+        "--listen-address",
+        type=_typed("LISTEN_ADDRESS", _address),
+        default=_env("LISTEN_ADDRESS", "0.0.0.0"),  # noqa: S104 (probes and scrapes come from outside)
+        help="address the health and metrics listeners bind (127.0.0.1: this host only; "
+        ":: for IPv6)",
+    )
+    run.add_argument(
         "--health-port",
         type=_typed("HEALTH_PORT", _port),
         default=_env("HEALTH_PORT", "8080"),
@@ -278,7 +297,7 @@ def run_operator(args: argparse.Namespace) -> int:
         peering=peering,
     )
     if args.metrics_port:
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.listen_address, args.metrics_port)
     logging.getLogger(__name__).info(
         "starting: namespaces=%s allow_http=%s allowed_hosts=%s concurrency=%d",
         list(namespaces) or "all",
@@ -298,7 +317,9 @@ def run_operator(args: argparse.Namespace) -> int:
                 identity=cast(Any, peer_identity),
                 priority=peering.priority if peering else 0,
                 liveness_endpoint=(
-                    f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+                    f"http://{_url_host(args.listen_address)}:{args.health_port}/healthz"
+                    if args.health_port
+                    else None
                 ),
             )
             return 0

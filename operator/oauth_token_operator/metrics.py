@@ -32,5 +32,5 @@ ACTIVE.set(1)  # a replica acts unless its peering says otherwise
 CLIENTS = Gauge("oauth_token_operator_clients", "OAuthClients known to the operator.")
 
 
-def serve_metrics(port: int) -> None:
-    start_http_server(port)
+def serve_metrics(address: str, port: int) -> None:
+    start_http_server(port, addr=address)

@@ -252,3 +252,13 @@ def test_namespace_editors_may_manage_oauthclients_and_viewers_read_them(
     eventually(lambda: can("alice", "create"), timeout=30, what="edit to include OAuthClients")
     assert can("alice", "delete") and can("bob", "list")
     assert not can("bob", "create")
+
+
+def test_helm_test_finds_the_operator_answering(release: Release) -> None:
+    """`helm test` runs the chart's test pod (the operator's image) against the running
+    release; it fails unless the operator serves its metrics."""
+    result = helm(
+        release.cp, "test", release.name, "-n", OPERATOR_NS, "--timeout=120s", check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Phase:          Succeeded" in result.stdout, result.stdout

@@ -315,3 +315,39 @@ def test_pod_passes_restricted_pod_security(control_plane: ControlPlane) -> None
     )
     assert refused.returncode != 0
     assert "violates PodSecurity" in refused.stderr
+
+
+def test_network_policy_and_helm_test_pod_are_admitted(control_plane: ControlPlane) -> None:
+    """The optional NetworkPolicy is valid to the API server, and the `helm test` pod meets
+    the restricted Pod Security Standard like the operator's own pod."""
+    cp = control_plane
+    ns = "chart-restricted-test"
+    cp.kubectl("create", "namespace", ns)
+    cp.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    rendered = subprocess.run(
+        [
+            str(helm_binary()),
+            "template",
+            "psa",
+            str(CHART),
+            f"--namespace={ns}",
+            "--set=networkPolicy.enabled=true",
+            "--set=networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    wanted = [
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] in ("NetworkPolicy", "Pod")
+    ]
+    assert sorted(doc["kind"] for doc in wanted) == ["NetworkPolicy", "Pod"]
+    for doc in wanted:
+        result = cp.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=json.dumps(doc), check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "violate" not in result.stderr, result.stderr

@@ -428,6 +428,30 @@ def test_metrics_and_health_endpoints(
     assert "oauth_token_operator_active 1.0" in text  # a lone replica acts
 
 
+def test_listen_address_keeps_the_listeners_on_that_address(
+    control_plane: ControlPlane, cluster: Cluster, tmp_path: Path
+) -> None:
+    """127.0.0.2 is on the loopback interface too: a listener bound to all addresses (the
+    default) answers there, one bound to 127.0.0.1 does not."""
+    metrics_port, health_port = _free_port(), _free_port()
+    process = OperatorProcess(
+        control_plane.kubeconfig_path,
+        cluster.namespace,
+        tmp_path / "operator.log",
+        (
+            "--listen-address=127.0.0.1",
+            f"--metrics-port={metrics_port}",
+            f"--health-port={health_port}",
+        ),
+    )
+    with process:
+        for where in (f"{health_port}/healthz", f"{metrics_port}/metrics"):
+            url = f"http://127.0.0.1:{where}"
+            bound = eventually(lambda url=url: _get(url), timeout=20)  # type: ignore[misc]
+            assert bound.status_code == 200
+            assert _get(f"http://127.0.0.2:{where}") is None
+
+
 def _get(url: str) -> httpx.Response | None:
     try:
         return httpx.get(url, timeout=2)

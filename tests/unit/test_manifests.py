@@ -39,9 +39,16 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def render(helm: Path, *values: str, namespace: str = "oauth-token-operator") -> list[Manifest]:
+def render(
+    helm: Path,
+    *values: str,
+    namespace: str = "oauth-token-operator",
+    values_file: Path | None = None,
+) -> list[Manifest]:
     """`helm template` of the chart with `--set` values, parsed into manifests."""
     args = ["template", "oauth-token-operator", str(CHART), "--namespace", namespace]
+    if values_file is not None:
+        args += ["--values", str(values_file)]
     for value in values:
         args += ["--set", value]
     result = run_helm(helm, *args)
@@ -481,3 +488,101 @@ def test_a_disruption_budget_keeps_a_replica_through_drains(helm: Path) -> None:
     assert (
         budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     )
+
+
+def test_extra_args_volumes_and_spread_reach_the_pod(helm: Path, tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "extraArgs": ["--concurrency=4"],
+                "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+                "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/corp-ca"}],
+                "topologySpreadConstraints": [
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {
+                            "matchLabels": {"app.kubernetes.io/instance": "{{ .Release.Name }}"}
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    manifests = render(helm, values_file=values)
+    pod = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # After the chart's own flags, so that it wins (argparse keeps the last).
+    assert container["args"][-1] == "--concurrency=4"
+    assert container["args"].index("--concurrency=16") < len(container["args"]) - 1
+    assert {"name": "ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
+    assert {"name": "ca", "mountPath": "/etc/corp-ca"} in container["volumeMounts"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": "oauth-token-operator"
+    }
+
+
+def test_security_contexts_can_be_overridden(helm: Path) -> None:
+    # OpenShift's restricted-v2 SCC assigns the uid itself and refuses a fixed one.
+    pod = only(
+        render(helm, "podSecurityContext=null", "securityContext.runAsUser=null"),
+        "Deployment",
+    )["spec"]["template"]["spec"]
+    assert "securityContext" not in pod
+    assert "runAsUser" not in pod["containers"][0]["securityContext"]
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_network_policy_admits_only_metrics_scrapes(helm: Path) -> None:
+    assert of_kind(render(helm), "NetworkPolicy") == []
+    policy = only(
+        render(
+            helm,
+            "networkPolicy.enabled=true",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+        ),
+        "NetworkPolicy",
+    )
+    deployment = only(render(helm), "Deployment")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == deployment["spec"]["selector"]["matchLabels"]
+    )
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress: wherever the providers are
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    # Metrics off: nothing may come in.
+    closed = only(
+        render(helm, "networkPolicy.enabled=true", "metrics.enabled=false"), "NetworkPolicy"
+    )
+    assert closed["spec"]["ingress"] == []
+
+
+def test_listen_address_binds_the_listeners_and_moves_the_host_network_probes(
+    helm: Path,
+) -> None:
+    deployment = only(render(helm, "hostNetwork=true", "listenAddress=127.0.0.1"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--listen-address=127.0.0.1" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["host"] == "127.0.0.1"
+    default = only(render(helm), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert not any(arg.startswith("--listen-address") for arg in default["args"])
+
+
+def test_helm_test_asks_the_operator_where_a_pod_can_reach_it(helm: Path) -> None:
+    def url(*values: str) -> str | None:
+        tests = [m for m in of_kind(render(helm, *values), "Pod")]
+        if not tests:
+            return None
+        (test,) = tests
+        assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        return str(test["spec"]["containers"][0]["command"][-1])
+
+    assert url() == "http://oauth-token-operator-metrics.oauth-token-operator.svc:9090/metrics"
+    assert url("hostNetwork=true", "metrics.port=9191") == "http://127.0.0.1:9191/metrics"
+    assert url("hostNetwork=true", "metrics.enabled=false") == "http://127.0.0.1:8080/healthz"
+    assert url("metrics.enabled=false") is None  # nothing a pod could reach

@@ -86,3 +86,16 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/*
+Where a client on the same host reaches the listeners with hostNetwork: listenAddress unless
+it is a wildcard, else 127.0.0.1. Used by the probes and `helm test`.
+*/}}
+{{- define "oauth-token-operator.localHost" -}}
+{{- $address := .Values.listenAddress -}}
+{{- if and $address (not (has $address (list "0.0.0.0" "::"))) -}}
+{{- $address -}}
+{{- else -}}
+127.0.0.1
+{{- end -}}
+{{- end -}}
