@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kopf peering name for several replicas (default: standalone)",
     )
     run.add_argument(
+        "--selector",
+        default=_env("SELECTOR"),
+        help="a label selector: handle only the OAuthClients it matches (one shard of "
+        "several operators; default: all)",
+    )
+    run.add_argument(
         "--listen-address",
         type=_typed("LISTEN_ADDRESS", _address),
         default=_env("LISTEN_ADDRESS", "0.0.0.0"),  # noqa: S104 (probes and scrapes come from outside)
@@ -295,12 +301,14 @@ def run_operator(args: argparse.Namespace) -> int:
         drain_timeout=args.drain_timeout,
         identity=args.identity,
         peering=peering,
+        selector=args.selector,
     )
     if args.metrics_port:
         serve_metrics(args.listen_address, args.metrics_port)
     logging.getLogger(__name__).info(
-        "starting: namespaces=%s allow_http=%s allowed_hosts=%s concurrency=%d",
+        "starting: namespaces=%s selector=%s allow_http=%s allowed_hosts=%s concurrency=%d",
         list(namespaces) or "all",
+        args.selector or "none",
         args.allow_http,
         args.allowed_hosts or "any",
         args.concurrency,

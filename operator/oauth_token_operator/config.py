@@ -33,3 +33,5 @@ class Settings:
     # Who takes refresh claims (custody.py): the pod name in a cluster.
     identity: str = field(default_factory=lambda: f"operator@{socket.gethostname()}")
     peering: Peering | None = None  # None: standalone
+    # A label selector: this process handles only the OAuthClients it matches (a shard).
+    selector: str = ""

@@ -42,14 +42,14 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, operator_settings.selector)
         kube = await Kube.connect()
         memo.refresher = Refresher(
             kube, TokenClient(operator_settings.endpoint_policy), operator_settings
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
         memo.follower = None
-        await _say_whether_served(kube, operator_settings.namespaces)
+        await _say_whether_served(kube, operator_settings.namespaces, operator_settings.selector)
         if peering := operator_settings.peering:
             # Before kopf starts its peering keepalive, which only patches the object.
             await kube.ensure_peerings(peering.name, operator_settings.namespaces)
@@ -102,7 +102,8 @@ async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> 
 
     async def on_change(acting: bool) -> None:
         if acting:
-            await refresher.take_over(await kube.list_oauthclients(namespaces))
+            selector = refresher.settings.selector
+            await refresher.take_over(await kube.list_oauthclients(namespaces, selector))
         else:
             refresher.stand_by()
 
@@ -115,10 +116,12 @@ async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> 
     )
 
 
-async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...]) -> None:
+async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...], selector: str) -> None:
     try:
-        served = await kube.oauthclients_served(namespaces)
+        served = await kube.oauthclients_served(namespaces, selector)
     except KubeError as exc:
+        if exc.status == 400 and selector:
+            raise kopf.PermanentError(f"--selector {selector!r}: {exc}") from None
         log.debug("could not tell whether the OAuthClient CRD is installed: %s", exc)
         return
     if not served:
@@ -128,12 +131,17 @@ async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...]) -> None:
         )
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, selector: str = "") -> None:
     # Only event handlers are registered: kopf keeps no per-object progress or diff-base
     # annotations and adds no finalizers, so it never writes to users' objects.
     # kopf's scanning stays on: it watches CRDs, so that the OAuthClient CRD may be installed
     # after the operator, or deleted and installed again (cli.run_operator covers the race).
     settings.posting.level = logging.WARNING
+    if selector:
+        # Server-side: a shard's watch carries only its OAuthClients. One that stops
+        # matching (relabelled to another shard) arrives as DELETED: it is forgotten here
+        # and picked up there from its Secret.
+        settings.watching.label_selectors[API_GROUP, PLURAL] = selector
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60

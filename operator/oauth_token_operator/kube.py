@@ -144,14 +144,18 @@ class Kube:
         method = getattr(self._custom, f"{verb}_namespaced_custom_object")
         return method(group, version, namespace, plural, *args, _preload_content=False, **kwargs)
 
-    async def list_oauthclients(self, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
-        """Every OAuthClient in these namespaces (empty: all), read in pages of 500; none
-        while the CRD is not installed."""
+    async def list_oauthclients(
+        self, namespaces: tuple[str, ...], selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """Every OAuthClient in these namespaces (empty: all) that the label selector
+        matches, read in pages of 500; none while the CRD is not installed."""
         items: list[dict[str, Any]] = []
         for namespace in namespaces or (None,):
             token = None
             while True:
                 more: dict[str, str] = {"_continue": token} if token else {}
+                if selector:
+                    more["label_selector"] = selector
                 try:
                     page = await _json(
                         self._custom_object("list", OAUTHCLIENTS, namespace, limit=500, **more)
@@ -166,10 +170,13 @@ class Kube:
                     break
         return items
 
-    async def oauthclients_served(self, namespaces: tuple[str, ...]) -> bool:
-        """Whether the API serves OAuthClients, i.e. the CRD is installed."""
+    async def oauthclients_served(self, namespaces: tuple[str, ...], selector: str = "") -> bool:
+        """Whether the API serves OAuthClients, i.e. the CRD is installed. A selector the
+        API server cannot parse raises (HTTP 400)."""
+        more = {"label_selector": selector} if selector else {}
+        namespace = (*namespaces, None)[0]
         try:
-            await _json(self._custom_object("list", OAUTHCLIENTS, (*namespaces, None)[0], limit=1))
+            await _json(self._custom_object("list", OAUTHCLIENTS, namespace, limit=1, **more))
         except KubeError as exc:
             if exc.kind_missing:
                 return False

@@ -586,3 +586,18 @@ def test_helm_test_asks_the_operator_where_a_pod_can_reach_it(helm: Path) -> Non
     assert url("hostNetwork=true", "metrics.port=9191") == "http://127.0.0.1:9191/metrics"
     assert url("hostNetwork=true", "metrics.enabled=false") == "http://127.0.0.1:8080/healthz"
     assert url("metrics.enabled=false") is None  # nothing a pod could reach
+
+
+def test_a_shard_release_passes_its_selector_and_needs_its_own_peering(helm: Path) -> None:
+    (container,) = only(render(helm, "shardSelector=shard=a"), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert "--selector=shard=a" in container["args"]
+    refused = run_helm(
+        helm, "template", "x", str(CHART), "--set", "shardSelector=shard=a", "--set", "replicas=2"
+    )
+    assert refused.returncode != 0
+    assert "set peering.name to this shard's own name" in refused.stderr
+    own = render(helm, "shardSelector=shard=a", "replicas=2", "peering.name=shard-a")
+    (container,) = only(own, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--peering=shard-a" in container["args"]
