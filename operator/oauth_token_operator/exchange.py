@@ -135,15 +135,19 @@ class Exchanger:
                 del self._turns[turn]  # nobody waits: keep the table small
 
     async def _call(self, spec: OAuthClientSpec, creds: Credentials, ca_pem: str | None) -> Token:
+        started = time.monotonic()
         try:
             token = await self.tokens.exchange(
                 spec.request, creds, spec.refresh.default_lifetime, ca_pem
             )
         except OAuthError as exc:
+            elapsed = time.monotonic() - started
+            metrics.EXCHANGE_SECONDS.labels(exc.outcome.value).observe(elapsed)
             metrics.EXCHANGES.labels(exc.outcome.value).inc()
             if exc.reason == reasons.EXCHANGE_OUTCOME_UNKNOWN:
                 metrics.OUTCOME_UNKNOWN.inc()
             raise
+        metrics.EXCHANGE_SECONDS.labels("success").observe(time.monotonic() - started)
         metrics.EXCHANGES.labels("success").inc()
         return token
 

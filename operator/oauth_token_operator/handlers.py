@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from . import metrics
 from .config import Peering, Settings
 from .kube import Kube, KubeError
 from .oauth import TokenClient
@@ -48,6 +49,7 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
             kube, TokenClient(operator_settings.endpoint_policy), operator_settings
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
+        metrics.publish_clients(memo.refresher.client_samples)
         memo.follower = None
         await _say_whether_served(kube, operator_settings.namespaces, operator_settings.selector)
         if peering := operator_settings.peering:

@@ -147,6 +147,28 @@ class Refresher:
             self.clients[owner].force = True
             self.scheduler.schedule_now(owner)
 
+    def client_samples(self) -> list[metrics.ClientSample]:
+        """Each client as the metrics show it. Called from the scrape thread: reads only,
+        from a copy (a dict copy does not let the event loop's thread in halfway)."""
+        samples = []
+        for key, state in list(self.clients.items()):
+            token = state.plan[0] if state.plan else None
+            condition = state.condition
+            samples.append(
+                metrics.ClientSample(
+                    key.namespace,
+                    key.name,
+                    None if condition is None else condition.status == "True",
+                    condition.reason if condition else "",
+                    state.failures,
+                    state.grant_invalid_since is not None,
+                    token[0] if token else None,
+                    token[1] if token else None,
+                    self.scheduler.due_time(key),
+                )
+            )
+        return samples
+
     def _unindex(self, key: ObjectKey) -> None:
         state = self.clients.get(key)
         if state is None or state.spec is None:

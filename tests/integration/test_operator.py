@@ -4,6 +4,7 @@ operator as a separate process."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -415,17 +416,52 @@ def test_metrics_and_health_endpoints(
         ("--metrics-port", str(metrics_port), "--health-port", str(health_port)),
     )
     with process:
-        cluster.wait_ready("good")
+        good = cluster.wait_ready("good")
         eventually(lambda: (cluster.ready("bad") or {}).get("status") == "False", timeout=30)
         health = eventually(lambda: _get(f"http://127.0.0.1:{health_port}/healthz"), timeout=10)
         assert health.status_code == 200
         metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert metrics is not None
         text = metrics.text
+
+        # The series for one deleted client go with it.
+        cluster.kubectl("delete", "oauthclient", "good", "-n", cluster.namespace)
+
+        def without_good() -> str | None:
+            scraped = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            return scraped.text if scraped and 'name="good"' not in scraped.text else None
+
+        after: str = eventually(without_good, timeout=15, what="the deleted client's series gone")
     assert 'oauth_token_operator_exchanges_total{result="success"} 1.0' in text
     assert 'oauth_token_operator_exchanges_total{result="needs_human"} 1.0' in text
     assert "oauth_token_operator_clients 2.0" in text
     assert "oauth_token_operator_active 1.0" in text  # a lone replica acts
+    assert 'oauth_token_operator_exchange_duration_seconds_count{result="success"} 1.0' in text
+
+    def sample(name: str, client: str, extra: str = "") -> float:
+        labels = f'name="{client}",namespace="{cluster.namespace}"{extra}'
+        match = re.search(rf"^oauth_token_operator_{name}\{{{labels}\}} (\S+)$", text, re.M)
+        assert match, f"{name} for {client} not in:\n{text}"
+        return float(match.group(1))
+
+    assert sample("client_ready", "good", ',reason="TokenIssued"') == 1.0
+    assert sample("client_consecutive_failures", "good") == 0.0
+    expires = sample("token_expiration_timestamp_seconds", "good")
+    assert abs(expires - _epoch(good["status"]["expiresAt"])) < 1  # status has whole seconds
+    assert sample("token_issued_timestamp_seconds", "good") < sample(
+        "token_expiration_timestamp_seconds", "good"
+    )
+    assert (
+        abs(
+            sample("next_refresh_timestamp_seconds", "good")
+            - _epoch(good["status"]["nextRefreshTime"])
+        )
+        <= 1
+    )
+    assert sample("client_ready", "bad", ',reason="InvalidClient"') == 0.0
+    assert sample("client_consecutive_failures", "bad") >= 1.0
+    assert sample("client_needs_login", "bad") == 0.0
+    assert 'name="bad"' in after
 
 
 def test_listen_address_keeps_the_listeners_on_that_address(

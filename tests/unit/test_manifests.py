@@ -601,3 +601,29 @@ def test_a_shard_release_passes_its_selector_and_needs_its_own_peering(helm: Pat
     own = render(helm, "shardSelector=shard=a", "replicas=2", "peering.name=shard-a")
     (container,) = only(own, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert "--peering=shard-a" in container["args"]
+
+
+def test_prometheus_rule_alerts_on_the_per_client_series(helm: Path) -> None:
+    assert of_kind(render(helm), "PrometheusRule") == []
+    rule = only(
+        render(
+            helm,
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.expiringWithinMinutes=5",
+        ),
+        "PrometheusRule",
+    )
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {
+        "OAuthTokenExpiringWhileNotReady",
+        "OAuthTokenRefreshFailing",
+        "OAuthGrantNeedsLogin",
+    }
+    assert "< 300" in alerts["OAuthTokenExpiringWhileNotReady"]["expr"]
+    assert alerts["OAuthTokenRefreshFailing"]["for"] == "30m"
+    # Each alert names the client, from the series' own labels.
+    for alert in alerts.values():
+        assert "{{ $labels.namespace }}/{{ $labels.name }}" in alert["annotations"]["summary"]
+    # The client's namespace label survives the scrape.
+    monitor = only(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
