@@ -539,6 +539,77 @@ def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+async def minimal_client(
+    core: Any,
+    custom: Any,
+    endpoint: TokenEndpoint,
+    n: int,
+    conc: int,
+    create_conc: int,
+    cpu: CpuMeter,
+    apimetrics: ApiserverMetrics,
+    log: Callable[..., None],
+) -> dict[str, Any]:
+    import httpx
+
+    async def create_client(i: int) -> None:
+        body = oauth_client(i, endpoint.url)
+        body["metadata"]["namespace"] = BASELINE_NAMESPACE
+        await call(
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, BASELINE_NAMESPACE, PLURAL, body, _preload_content=False
+            )
+        )
+
+    await bounded(n, create_conc, create_client)
+    log(f"minimal client: {n} clients at concurrency {conc} ...")
+    cpu.mark()
+    before = await apimetrics.snapshot()
+    limits = httpx.Limits(max_connections=conc)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+
+        async def work(i: int) -> None:
+            answer = await http.post(
+                endpoint.url,
+                data={"grant_type": "client_credentials", "scope": "openid"},
+                auth=("bench", "bench-secret"),
+            )
+            answer.raise_for_status()
+            token = answer.json()
+            secret = output_like_secret(i, BASELINE_NAMESPACE)
+            secret["data"]["access_token"] = b64(token["access_token"])
+            await call(
+                core.create_namespaced_secret(BASELINE_NAMESPACE, secret, _preload_content=False)
+            )
+            expires = rfc3339(time.time() + float(token["expires_in"]))
+            status = {"status": {"secretName": f"{client_name(i)}-token", "expiresAt": expires}}
+            await call(
+                custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, BASELINE_NAMESPACE, PLURAL, client_name(i), status,
+                    _preload_content=False, _content_type="application/merge-patch+json",
+                )
+            )  # fmt: skip
+
+        seconds = await bounded(n, conc, work)
+    figures = {
+        "seconds": round(seconds, 2),
+        "clients_per_second": round(n / seconds, 1),
+        "cpu_seconds": cpu.mark(),
+        "api_calls": ApiserverMetrics.diff(before, await apimetrics.snapshot(), n),
+    }
+    log(f"  {n / seconds:.1f} clients/s ({seconds:.1f}s)")
+    for delete in (
+        core.delete_collection_namespaced_secret(BASELINE_NAMESPACE, _preload_content=False),
+        custom.delete_collection_namespaced_custom_object(
+            GROUP, VERSION, BASELINE_NAMESPACE, PLURAL, _preload_content=False
+        ),
+    ):
+        await call(delete)
+    while await count_namespace_secrets(core, BASELINE_NAMESPACE):  # noqa: ASYNC110
+        await asyncio.sleep(POLL)
+    return figures
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from kubernetes_asyncio import client, config
     from tests.support.controlplane import ControlPlane
@@ -618,6 +689,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(POLL)
         log(f"  baseline Secrets deleted in {time.perf_counter() - t:.1f}s")
 
+        # ---- 1b. minimal client: the irreducible work per client, nothing else (P1) ---------
+        # Per client: one token request, one Secret create, one status patch, with plain
+        # httpx and kubernetes_asyncio at the same concurrency. Its OAuthClients are created
+        # beforehand (not timed) in the baseline namespace, which the operator never watches.
+        result["minimal"] = await minimal_client(
+            core, custom, endpoint, n, conc, args.create_concurrency, cpu, apimetrics, log
+        )
+        tokens_offset = await endpoint.requests()
+
         # ---- 2. the objects, created before the operator starts -----------------------------
         await call(
             core.create_namespaced_secret(
@@ -672,7 +752,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not operator.alive:
                 raise RuntimeError(f"the operator exited; see {run1_log}")
             made = await count_namespace_secrets(core, NAMESPACE) - 1
-            tokens = await endpoint.requests()
+            tokens = await endpoint.requests() - tokens_offset
             elapsed = time.perf_counter() - started
             timeline.append((round(elapsed, 2), made, tokens))
             peak_rss = max(peak_rss, rss_mb(operator.pid) or 0.0)
@@ -689,7 +769,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_converge = cpu.mark()
         calls = ApiserverMetrics.diff(before, await apimetrics.snapshot(), n)
         labelled = await count_labelled(core, NAMESPACE, f"{MANAGED_BY}=oauth-token-operator")
-        tokens_converged = await endpoint.requests()
+        tokens_converged = await endpoint.requests() - tokens_offset
         if converged is None:
             result["error"] = f"not converged within {args.timeout}s ({labelled}/{n} Secrets)"
         # Let the operator finish what follows the writes (status patches, Events) before
@@ -699,12 +779,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_settle = cpu.mark()
         throughput = n / converged if converged else None
         baseline_wps = result["baseline"]["writes_per_second"]
+        minimal_cps = result["minimal"]["clients_per_second"]
         result["convergence"] = {
             "converged": converged is not None,
             "seconds": round(converged, 2) if converged else None,
             "first_secret_seconds": round(first_secret, 2) if first_secret else None,
             "throughput_per_second": round(throughput, 1) if throughput else None,
             "ratio_to_baseline": round(throughput / baseline_wps, 3) if throughput else None,
+            "ratio_to_minimal": round(throughput / minimal_cps, 3) if throughput else None,
             # From the first output Secret to the last: without the operator's start-up.
             "steady_throughput_per_second": (
                 round((n - 1) / (converged - first_secret), 1)
@@ -713,7 +795,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "labelled_secrets": labelled,
             "token_requests": tokens_converged,
-            "token_requests_after_settle": await endpoint.requests(),
+            "token_requests_after_settle": await endpoint.requests() - tokens_offset,
             "settled_seconds": round(settled, 2) if idle is not None else None,
             "rss_mb_at_convergence": rss_converged,
             "rss_mb_after_settle": rss_mb(operator.pid),
@@ -794,6 +876,11 @@ def table(result: dict[str, Any]) -> str:
         ("  first Secret after (s)", c.get("first_secret_seconds")),
         ("operator throughput (clients/s)", c.get("throughput_per_second")),
         ("RATIO operator / raw writes", c.get("ratio_to_baseline")),
+        (
+            "minimal client (token, Secret, status) clients/s",
+            result.get("minimal", {}).get("clients_per_second"),
+        ),
+        ("RATIO operator / minimal client (goal >= 0.8)", c.get("ratio_to_minimal")),
         ("  throughput after first Secret (/s)", c.get("steady_throughput_per_second")),
         ("token requests (expect N)", c.get("token_requests_after_settle")),
         ("settled (CPU idle) after (s)", c.get("settled_seconds")),
@@ -811,6 +898,7 @@ def table(result: dict[str, Any]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     for title, calls in (
+        ("API calls per client, minimal client", result.get("minimal", {}).get("api_calls")),
         ("API calls per client, convergence", c.get("api_calls_to_convergence")),
         ("API calls per client, restart", r.get("api_calls")),
     ):

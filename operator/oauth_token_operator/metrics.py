@@ -39,6 +39,11 @@ ACTIVE = Gauge(
 )
 ACTIVE.set(1)  # a replica acts unless its peering says otherwise
 CLIENTS = Gauge("oauth_token_operator_clients", "OAuthClients known to the operator.")
+SECRET_READS = Counter(
+    "oauth_token_operator_secret_reads",
+    "Secret reads by runs, by where they were answered from (memory, api).",
+    ["source"],
+)
 EXCHANGE_SECONDS = Histogram(
     "oauth_token_operator_exchange_duration_seconds",
     "Time from sending a token request to its outcome, by result.",

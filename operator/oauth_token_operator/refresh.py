@@ -21,6 +21,7 @@ from .oauth import OAuthError
 from .ports import KubeAPI, TokenAPI
 from .run import ClientState, Runner
 from .secret_bodies import credentials_from, fingerprint, refresh_fingerprint
+from .secret_cache import CachedSecrets
 from .spec import ObjectKey, SpecError, parse
 from .wire import parse_rfc3339
 
@@ -42,11 +43,14 @@ class Refresher:
         self.settings = settings
         self.clock = clock
         rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self.exchanger = Exchanger(kube, tokens, holder or Holder(settings.identity), clock)
-        self.runner = Runner(kube, self.exchanger, settings, clock, rng)
         self.clients: dict[ObjectKey, ClientState] = {}
         self._readers: dict[tuple[str, str], set[ObjectKey]] = defaultdict(set)
         self._owners: dict[tuple[str, str], ObjectKey] = {}
+        # Runs read Secrets from memory; the watch (secret_changed) keeps it current.
+        self.secrets = CachedSecrets(kube, self._tracked)
+        holder = holder or Holder(settings.identity)
+        self.exchanger = Exchanger(self.secrets, tokens, holder, clock)
+        self.runner = Runner(self.secrets, kube, self.exchanger, settings, clock, rng)
         self.scheduler = schedule.Scheduler(self._run, settings.concurrency, clock)
 
     async def observe(self, body: dict[str, Any]) -> None:
@@ -102,6 +106,7 @@ class Refresher:
         self.clients.clear()
         self._readers.clear()
         self._owners.clear()
+        self.secrets.clear()
         metrics.CLIENTS.set(0)
 
     async def take_over(self, bodies: list[dict[str, Any]]) -> None:
@@ -115,6 +120,7 @@ class Refresher:
         client is failing (a new login after invalid_grant), and a deleted output Secret
         trigger a run within seconds; a rotated refresh token alone (ours, a sibling's, the
         CLI's) waits for the next due run; anything else is ignored cheaply."""
+        self.secrets.noted(namespace, name, secret)
         for key in self._readers.get((namespace, name), ()):
             state = self.clients[key]
             if state.spec is None or state.credentials_fingerprint is None:
@@ -169,6 +175,10 @@ class Refresher:
             )
         return samples
 
+    def _tracked(self, namespace: str, name: str) -> bool:
+        """A Secret some client reads or writes: the ones kept in memory."""
+        return (namespace, name) in self._readers or (namespace, name) in self._owners
+
     def _unindex(self, key: ObjectKey) -> None:
         state = self.clients.get(key)
         if state is None or state.spec is None:
@@ -179,7 +189,15 @@ class Refresher:
                 readers.discard(key)
                 if not readers:
                     del self._readers[(key.namespace, name)]
-        self._owners.pop((key.namespace, state.spec.output.name), None)
+                    self._drop_untracked(key.namespace, name)
+        output = (key.namespace, state.spec.output.name)
+        if self._owners.get(output) == key:
+            del self._owners[output]
+            self._drop_untracked(*output)
+
+    def _drop_untracked(self, namespace: str, name: str) -> None:
+        if not self._tracked(namespace, name):
+            self.secrets.forget(namespace, name)
 
     async def _run(self, key: Hashable) -> float | None:
         assert isinstance(key, ObjectKey)

@@ -20,7 +20,7 @@ from .custody import ClaimHeld
 from .exchange import Exchanger, Inputs, read_inputs
 from .kube import KubeError
 from .oauth import OAuthError, Outcome, Token
-from .ports import KubeAPI
+from .ports import SecretAPI, StatusAPI
 from .report import Reporter
 from .secret_bodies import (
     RecordedToken,
@@ -65,18 +65,19 @@ class ClientState:
 class Runner:
     def __init__(
         self,
-        kube: KubeAPI,
+        secrets: SecretAPI,
+        status_api: StatusAPI,
         exchanger: Exchanger,
         settings: Settings,
         clock: Callable[[], float],
         rng: random.Random,
     ) -> None:
-        self.kube = kube
+        self.kube = secrets
         self.exchanger = exchanger
         self.settings = settings
         self.clock = clock
         self.rng = rng
-        self.reporter = Reporter(kube, clock)
+        self.reporter = Reporter(status_api, clock)
 
     async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
         """One pass; returns when to run next."""

@@ -6,7 +6,9 @@ checked is what `helm install` and `kubectl apply` would see.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -627,3 +629,16 @@ def test_prometheus_rule_alerts_on_the_per_client_series(helm: Path) -> None:
     # The client's namespace label survives the scrape.
     monitor = only(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+def test_grafana_dashboard_charts_only_series_the_operator_serves(helm: Path) -> None:
+    assert of_kind(render(helm), "ConfigMap") == []
+    config_map = only(render(helm, "metrics.grafanaDashboard.enabled=true"), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["oauth-token-operator.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    served = set(re.findall(r"oauth_token_operator_\w+", (REPO / "README.md").read_text()))
+    for expr in exprs:
+        for name in re.findall(r"oauth_token_operator_\w+", expr):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert base in served, f"{name} in the dashboard is not a documented metric"

@@ -72,6 +72,7 @@ class FakeKube:
         # secret names whose writes that change data answer HTTP 500 (a claim still works)
         self.failing_data: set[str] = set()
         self.failing_reads: set[str] = set()  # secret names whose reads answer HTTP 500
+        self.reads: list[str] = []  # secret names read
         self._rv = 0
 
     def _next_rv(self) -> str:
@@ -87,6 +88,7 @@ class FakeKube:
         return {k: unb64(v) for k, v in self.secrets[NS, name].get("data", {}).items()}
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(name)
         if name in self.failing_reads:
             raise KubeError(500, "injected")
         secret = self.secrets.get((namespace, name))
@@ -500,6 +502,7 @@ async def test_kubernetes_error_reading_credentials_keeps_a_valid_token_ready() 
     await world.start()
     world.clock.now = START + LIFETIME * (1 - 0.33) + 5  # due
     world.kube.failing_reads.add(CREDS_SECRET)
+    world.refresher.secrets.clear()  # a read that reaches the API server: a fresh start
 
     due = await world.refresher._run(KEY)
 
@@ -769,3 +772,73 @@ async def test_a_standby_replica_runs_nothing_and_takes_over_what_exists_then() 
     world.refresher.stand_by()
     await world.refresher.take_over([])  # deleted while we stood by
     assert await world.refresher._run(KEY) is None
+
+
+# --- reads from memory -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grant", ["client_credentials", "refresh_token"])
+async def test_a_refresh_reads_no_secret_from_the_api_server(grant: str) -> None:
+    """The first run reads the credentials and finds no output Secret; every later refresh
+    is served from memory (the operator's own writes and the Secret watch keep it)."""
+    world = World(grant)
+    await world.start()
+    assert sorted(set(world.kube.reads)) == sorted({CREDS_SECRET, OUTPUT_SECRET})
+    world.kube.reads.clear()
+    world.kube.writes.clear()
+
+    for _ in range(3):
+        world.clock.now += LIFETIME
+        await world.refresher._run(KEY)
+
+    assert world.kube.reads == []
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-4"
+    # Writes: the output Secret (and, rotating, the claim and the rotated token) per refresh.
+    per_refresh = 3 if grant == "refresh_token" else 1
+    assert len(world.kube.writes) == 3 * per_refresh
+
+
+async def test_a_refresh_token_rotated_elsewhere_unseen_by_the_watch_is_never_sent() -> None:
+    """The memory holds r2; the CLI (or a sibling) rotated it to r3 and the watch has not
+    told us yet. The claim is a compare-and-swap on the version read, so it fails, the
+    Secret is read afresh, and r3 is what the provider gets: never the revoked r2."""
+    world = World("refresh_token")
+    await world.start()
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r2"
+    creds = copy.deepcopy(world.kube.secrets[NS, CREDS_SECRET])
+    creds["data"]["refresh_token"] = b64("r3")
+    world.kube.put(NS, creds)  # no secret_changed: the event is still on its way
+
+    world.clock.now += LIFETIME
+    await world.refresher._run(KEY)
+
+    assert world.tokens.refresh_tokens_sent == ["r1", "r3"]
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r4"
+    assert world.kube.ready()["status"] == "True"
+
+
+async def test_an_output_secret_deleted_unseen_by_the_watch_is_written_again() -> None:
+    world = World()
+    await world.start()
+    del world.kube.secrets[NS, OUTPUT_SECRET]  # the deletion event is still on its way
+
+    world.clock.now += LIFETIME
+    due = await world.refresher._run(KEY)  # the replace answers 404: a retry follows
+    for _ in range(3):  # the retry, and the per-client exchange floor
+        assert due is not None
+        world.clock.now = due
+        if (NS, OUTPUT_SECRET) in world.kube.secrets:
+            break
+        due = await world.refresher._run(KEY)
+
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-3"
+    assert world.kube.ready()["status"] == "True"
+
+
+async def test_secrets_no_client_uses_are_not_kept() -> None:
+    world = World()
+    await world.start()
+    world.refresher.secret_changed(NS, "unrelated", {"metadata": {"name": "unrelated"}})
+    assert len(world.refresher.secrets) == 2  # the credentials and the output Secret
+    world.refresher.forget(KEY)
+    assert len(world.refresher.secrets) == 0

@@ -1,0 +1,87 @@
+"""Secret reads served from memory: the Secrets the operator's clients read (credentials,
+CA bundles) and write (output Secrets), as the Secret watch last showed them or as the
+operator's own last write returned them. A refresh then reads nothing from the API server.
+
+Staleness is safe by construction: every write carries the resourceVersion it was based on
+(a replace of a stale body fails with 409), and a failed write drops the entry, so the
+conflict paths (custody's claim, the output write's retry) read afresh. A stale client
+secret costs one failed exchange, as a read racing the change would; the Secret event that
+follows triggers a run with the new one. Only tracked Secrets are kept, trimmed of
+managedFields, so memory follows the clients, not the cluster's Secrets."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from . import metrics
+from .kube import KubeError
+from .ports import SecretAPI
+
+Key = tuple[str, str]
+
+
+def _trimmed(body: dict[str, Any]) -> dict[str, Any]:
+    metadata = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return {**body, "metadata": metadata}
+
+
+class CachedSecrets:
+    """A SecretAPI over another one. `tracked(namespace, name)` says which Secrets to keep."""
+
+    def __init__(self, api: SecretAPI, tracked: Callable[[str, str], bool]) -> None:
+        self.api = api
+        self.tracked = tracked
+        # None: known not to exist (a GET answered 404, or the watch saw it deleted).
+        self._bodies: dict[Key, dict[str, Any] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def noted(self, namespace: str, name: str, body: dict[str, Any] | None) -> None:
+        """What the Secret watch saw (None: deleted)."""
+        self._keep((namespace, name), body)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._bodies.pop((namespace, name), None)
+
+    def clear(self) -> None:
+        self._bodies.clear()
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (namespace, name)
+        if key in self._bodies:
+            metrics.SECRET_READS.labels("memory").inc()
+            body = self._bodies[key]
+            return None if body is None else copy.deepcopy(body)  # callers may edit theirs
+        metrics.SECRET_READS.labels("api").inc()
+        secret = await self.api.get_secret(namespace, name)
+        self._keep(key, secret)
+        return secret
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = (namespace, body["metadata"]["name"])
+        try:
+            created = await self.api.create_secret(namespace, body)
+        except KubeError:
+            self._bodies.pop(key, None)  # 409: it exists after all; read it next time
+            raise
+        self._keep(key, created)
+        return created
+
+    async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        key = (namespace, body["metadata"]["name"])
+        try:
+            replaced = await self.api.replace_secret(namespace, body)
+        except KubeError:
+            self._bodies.pop(key, None)  # stale or gone: the retry reads afresh
+            raise
+        self._keep(key, replaced)
+        return replaced
+
+    def _keep(self, key: Key, body: dict[str, Any] | None) -> None:
+        if not self.tracked(*key):
+            self._bodies.pop(key, None)
+        else:
+            self._bodies[key] = None if body is None else _trimmed(body)
