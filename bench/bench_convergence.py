@@ -477,12 +477,15 @@ class Operator:
             self.kill9()
 
     async def metric(self, name: str) -> float | None:
-        """A counter from the operator's /metrics (only when started with a metrics port)."""
+        """A counter from the operator's /metrics (only when started with a metrics port).
+        Asks for that metric alone: the whole page (per-client series) would cost the
+        operator some 0.4 s of CPU per scrape at 10,000 clients, every poll."""
         import httpx
 
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         try:
             async with httpx.AsyncClient(timeout=5) as http:
-                text = (await http.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
+                text = (await http.get(url, params={"name[]": name})).text
         except httpx.HTTPError:
             return None
         total = None

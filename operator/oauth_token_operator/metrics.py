@@ -72,6 +72,15 @@ class _PerClient(Collector):
     def __init__(self) -> None:
         self.source: Callable[[], Iterable[ClientSample]] | None = None
 
+    def describe(self) -> Iterator[Metric]:
+        # The names, so that a scrape asking for other metrics (`?name[]=...`) skips the
+        # per-client series: at 10,000 clients they cost some 0.4 s of CPU per scrape.
+        source, self.source = self.source, None
+        try:
+            yield from self.collect()
+        finally:
+            self.source = source
+
     def collect(self) -> Iterator[Metric]:
         def family(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(
