@@ -153,17 +153,9 @@ class Kube:
         for namespace in namespaces or (None,):
             token = None
             while True:
-                more: dict[str, str] = {"_continue": token} if token else {}
-                if selector:
-                    more["label_selector"] = selector
-                try:
-                    page = await _json(
-                        self._custom_object("list", OAUTHCLIENTS, namespace, limit=500, **more)
-                    )
-                except KubeError as exc:
-                    if exc.kind_missing:
-                        return []
-                    raise
+                page = await self._oauthclient_page(namespace, selector, 500, token)
+                if page is None:
+                    return []
                 items.extend(page.get("items") or ())
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:
@@ -173,15 +165,26 @@ class Kube:
     async def oauthclients_served(self, namespaces: tuple[str, ...], selector: str = "") -> bool:
         """Whether the API serves OAuthClients, i.e. the CRD is installed. A selector the
         API server cannot parse raises (HTTP 400)."""
-        more = {"label_selector": selector} if selector else {}
-        namespace = (*namespaces, None)[0]
+        return await self._oauthclient_page((*namespaces, None)[0], selector, 1) is not None
+
+    async def _oauthclient_page(
+        self, namespace: str | None, selector: str, limit: int, token: str | None = None
+    ) -> dict[str, Any] | None:
+        """One page of a LIST of OAuthClients; None while the CRD is not installed."""
+        more: dict[str, str] = {}
+        if token:
+            more["_continue"] = token
+        if selector:
+            more["label_selector"] = selector
         try:
-            await _json(self._custom_object("list", OAUTHCLIENTS, namespace, limit=1, **more))
+            page: dict[str, Any] = await _json(
+                self._custom_object("list", OAUTHCLIENTS, namespace, limit=limit, **more)
+            )
         except KubeError as exc:
             if exc.kind_missing:
-                return False
+                return None
             raise
-        return True
+        return page
 
     async def ensure_peerings(self, name: str, namespaces: tuple[str, ...]) -> None:
         """Creates kopf's peering objects of this name where they are missing (namespaces

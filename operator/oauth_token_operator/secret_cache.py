@@ -12,7 +12,7 @@ managedFields, so memory follows the clients, not the cluster's Secrets."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import metrics
@@ -61,24 +61,23 @@ class CachedSecrets:
         return secret
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        key = (namespace, body["metadata"]["name"])
-        try:
-            created = await self.api.create_secret(namespace, body)
-        except KubeError:
-            self._bodies.pop(key, None)  # 409: it exists after all; read it next time
-            raise
-        self._keep(key, created)
-        return created
+        return await self._write(namespace, body, self.api.create_secret(namespace, body))
 
     async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._write(namespace, body, self.api.replace_secret(namespace, body))
+
+    async def _write(
+        self, namespace: str, body: dict[str, Any], write: Awaitable[dict[str, Any]]
+    ) -> dict[str, Any]:
         key = (namespace, body["metadata"]["name"])
         try:
-            replaced = await self.api.replace_secret(namespace, body)
+            written = await write
         except KubeError:
-            self._bodies.pop(key, None)  # stale or gone: the retry reads afresh
+            # Exists after all (create), stale or gone (replace): the retry reads afresh.
+            self._bodies.pop(key, None)
             raise
-        self._keep(key, replaced)
-        return replaced
+        self._keep(key, written)
+        return written
 
     def _keep(self, key: Key, body: dict[str, Any] | None) -> None:
         if not self.tracked(*key):

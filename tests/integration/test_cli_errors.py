@@ -16,6 +16,7 @@ import yaml
 
 from tests.integration.test_operator import oauth_client
 from tests.support.cluster import Cluster
+from tests.support.controlplane import _free_port
 from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, RT_POST, IdentityProvider
 
 pytestmark = pytest.mark.integration
@@ -66,10 +67,7 @@ def listening_port() -> Iterator[int]:
 
 @pytest.fixture
 def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return _free_port()  # free: nothing listens there
 
 
 # --- token -------------------------------------------------------------------------------

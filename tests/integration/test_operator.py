@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.cli import login
 from tests.support.cluster import Cluster, eventually
-from tests.support.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane, _free_port
 from tests.support.idp import (
     CC_BASIC,
     CC_BASIC_SECRET,
@@ -386,15 +386,6 @@ def test_no_secret_value_in_operator_logs(
     assert "DEBUG" in logs  # the operator really logged at debug level
     leaked = [s[:6] + "…" for s in secrets if s in logs]
     assert not leaked, f"secret values found in operator logs: {leaked}"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_metrics_and_health_endpoints(
