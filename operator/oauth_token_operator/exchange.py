@@ -17,8 +17,13 @@ from typing import Any, TypeVar
 from . import custody, metrics, reasons
 from .kube import KubeError
 from .oauth import Credentials, OAuthError, Outcome, Token
-from .ports import SecretAPI, TokenAPI
-from .secret_bodies import credentials_from, refresh_fingerprint
+from .ports import ConfigMapAPI, SecretAPI, TokenAPI
+from .secret_bodies import (
+    check_templates,
+    credentials_from,
+    refresh_fingerprint,
+    template_values,
+)
 from .spec import GrantType, OAuthClientSpec
 from .wire import decode_data
 
@@ -34,6 +39,8 @@ class Inputs:
     secret: dict[str, Any] = field(repr=False)  # the credentials Secret as read
     creds: Credentials
     ca_pem: str | None = field(default=None, repr=False)
+    # What the output templates see as values (from spec.secret and its ConfigMap).
+    template_values: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,15 @@ class Exchanged:
 
 
 async def read_inputs(
-    api: SecretAPI, spec: OAuthClientSpec, pending_refresh_token: str | None = None
+    api: SecretAPI,
+    config_maps: ConfigMapAPI,
+    spec: OAuthClientSpec,
+    pending_refresh_token: str | None = None,
 ) -> Inputs:
-    """The credentials Secret and CA bundle. A rotated refresh token still pending from an
-    earlier run is persisted first: nothing may use the Secret's older token meanwhile."""
+    """The credentials Secret, CA bundle and template values. A rotated refresh token still
+    pending from an earlier run is persisted first: nothing may use the Secret's older token
+    meanwhile. The templates are tried before any exchange: one that cannot render must not
+    cost a token request (or a refresh token's rotation)."""
     ns, name = spec.key.namespace, spec.credentials.secret_name
     secret = await api.get_secret(ns, name)
     if secret is None:
@@ -74,7 +86,14 @@ async def read_inputs(
                 reasons.INVALID_CA_BUNDLE,
                 f"CA bundle Secret {ca_name} not found or has no key {ca_key!r}",
             )
-    return Inputs(secret, creds, ca_pem)
+    values: dict[str, str] = {}
+    if spec.output.templates:
+        config_map = None
+        if spec.output.values_config_map:
+            config_map = await config_maps.get_config_map(ns, spec.output.values_config_map)
+        values = template_values(spec, config_map)
+        check_templates(spec, values)
+    return Inputs(secret, creds, ca_pem, values)
 
 
 async def uncancellable(work: Coroutine[Any, Any, _T]) -> _T:

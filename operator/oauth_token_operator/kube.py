@@ -119,6 +119,17 @@ class Kube:
             raise
         return secret
 
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await _json(
+                self._core.read_namespaced_config_map(name, namespace, _preload_content=False)
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return body
+
     async def get_object(
         self, group: str, version: str, plural: str, namespace: str, name: str
     ) -> dict[str, Any] | None:

@@ -20,6 +20,10 @@ class SecretAPI(Protocol):
         ...
 
 
+class ConfigMapAPI(Protocol):
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
 class StatusAPI(Protocol):
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None: ...
 
@@ -28,7 +32,7 @@ class StatusAPI(Protocol):
     ) -> None: ...
 
 
-class KubeAPI(SecretAPI, StatusAPI, Protocol):
+class KubeAPI(SecretAPI, ConfigMapAPI, StatusAPI, Protocol):
     """Everything a run of the operator calls."""
 
 

@@ -17,6 +17,7 @@ ENDPOINT_NOT_ALLOWED = "EndpointNotAllowed"
 DISCOVERY_FAILED = "DiscoveryFailed"
 TLS_VERIFICATION_FAILED = "TLSVerificationFailed"  # the provider's certificate is not trusted
 TOKEN_TOO_SHORT_LIVED = "TokenTooShortLived"
+TEMPLATE_FAILED = "TemplateFailed"  # an output template names a missing value, or too much
 
 # The provider's answers (RFC 6749 5.2 error codes and HTTP failures).
 INVALID_CLIENT = "InvalidClient"

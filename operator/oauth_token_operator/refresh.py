@@ -50,7 +50,7 @@ class Refresher:
         self.secrets = CachedSecrets(kube, self._tracked)
         holder = holder or Holder(settings.identity)
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock)
-        self.runner = Runner(self.secrets, kube, self.exchanger, settings, clock, rng)
+        self.runner = Runner(self.secrets, kube, kube, self.exchanger, settings, clock, rng)
         self.scheduler = schedule.Scheduler(self._run, settings.concurrency, clock)
 
     async def observe(self, body: dict[str, Any]) -> None:

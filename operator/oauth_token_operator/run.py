@@ -20,7 +20,7 @@ from .custody import ClaimHeld
 from .exchange import Exchanger, Inputs, read_inputs
 from .kube import KubeError
 from .oauth import OAuthError, Outcome, Token
-from .ports import SecretAPI, StatusAPI
+from .ports import ConfigMapAPI, SecretAPI, StatusAPI
 from .report import Reporter
 from .secret_bodies import (
     RecordedToken,
@@ -66,6 +66,7 @@ class Runner:
     def __init__(
         self,
         secrets: SecretAPI,
+        config_maps: ConfigMapAPI,
         status_api: StatusAPI,
         exchanger: Exchanger,
         settings: Settings,
@@ -73,6 +74,7 @@ class Runner:
         rng: random.Random,
     ) -> None:
         self.kube = secrets
+        self.config_maps = config_maps
         self.exchanger = exchanger
         self.settings = settings
         self.clock = clock
@@ -125,7 +127,9 @@ class Runner:
             return output, decide.Gathered(recorded=None, owned=False), None
         recorded = recorded_token(output, spec.output.access_token_key) if output else None
         try:
-            inputs = await read_inputs(self.kube, spec, state.unpersisted_refresh_token)
+            inputs = await read_inputs(
+                self.kube, self.config_maps, spec, state.unpersisted_refresh_token
+            )
         except OAuthError as exc:
             if exc.reason == reasons.CREDENTIALS_NOT_FOUND:
                 state.credentials_fingerprint = "absent"  # so that its creation triggers a run
@@ -155,7 +159,7 @@ class Runner:
                 state.refresh_fingerprint = result.refresh_fingerprint
             if not result.persisted:
                 state.unpersisted_refresh_token = token.refresh_token
-            await self._write_output(spec, token, output)
+            await self._write_output(spec, token, output, inputs.template_values)
         except ClaimHeld as held:
             # Nothing was sent: the floor still counts from our last real exchange, so the
             # holder's release (a Secret event) can start ours at once.
@@ -222,7 +226,11 @@ class Runner:
         return state.plan[1]
 
     async def _write_output(
-        self, spec: OAuthClientSpec, token: Token, existing: dict[str, Any] | None
+        self,
+        spec: OAuthClientSpec,
+        token: Token,
+        existing: dict[str, Any] | None,
+        values: dict[str, str],
     ) -> None:
         ns = spec.key.namespace
         async for attempt in tenacity.AsyncRetrying(
@@ -240,7 +248,7 @@ class Runner:
                             reasons.SECRET_NOT_OWNED,
                             f"Secret {spec.output.name} was taken over",
                         )
-                body = output_secret(spec, token, existing)
+                body = output_secret(spec, token, existing, values)
                 if existing is None:
                     await self.kube.create_secret(ns, body)
                 else:

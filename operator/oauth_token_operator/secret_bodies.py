@@ -4,6 +4,7 @@ operator owns, reading back the token times they record, and building the output
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,12 @@ from .spec import (
     GrantType,
     OAuthClientSpec,
 )
+from .templates import TemplateError, compile_template, render
 from .wire import decode_data, encode_data, parse_rfc3339, rfc3339
+
+# A stand-in token for rendering templates before the exchange: a template that fails then
+# fails without spending a token request (or a refresh token's rotation).
+_TRIAL_TOKEN = Token("trial", "Bearer", 0.0, 3600.0, scope="", id_token="")
 
 
 def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentials:
@@ -90,13 +96,59 @@ def recorded_token(secret: dict[str, Any], access_token_key: str) -> RecordedTok
     return RecordedToken(issued, expires, annotations.get(SPEC_HASH_ANNOTATION, ""))
 
 
+def template_values(spec: OAuthClientSpec, config_map: dict[str, Any] | None) -> dict[str, str]:
+    """The values templates see: the ConfigMap's data, then the literal values over them."""
+    if spec.output.values_config_map and config_map is None:
+        raise OAuthError(
+            Outcome.TRANSIENT,  # no ConfigMap watch: retried with the short backoff
+            reasons.TEMPLATE_FAILED,
+            f"ConfigMap {spec.output.values_config_map} (spec.secret.valuesFrom) not found in "
+            f"{spec.key.namespace}",
+        )
+    data = (config_map or {}).get("data") or {}
+    return {**{str(k): str(v) for k, v in data.items()}, **dict(spec.output.values)}
+
+
+def rendered(spec: OAuthClientSpec, token: Token, values: Mapping[str, str]) -> dict[str, str]:
+    """The templated keys of the output Secret, or a TemplateFailed error naming the
+    template (never a value)."""
+    if not spec.output.templates:
+        return {}
+    context = {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_at": rfc3339(token.expires_at),
+        "issued_at": rfc3339(token.issued_at),
+        "expires_in": str(max(int(token.expires_at - token.issued_at), 0)),
+        "scope": token.scope or "",
+        "id_token": token.id_token or "",
+    }
+    try:
+        return {
+            key: render(compile_template(key, source), context, values)
+            for key, source in spec.output.templates
+        }
+    except TemplateError as exc:
+        # A value may yet appear in the ConfigMap (not watched): the short backoff.
+        raise OAuthError(Outcome.TRANSIENT, reasons.TEMPLATE_FAILED, str(exc)) from None
+
+
+def check_templates(spec: OAuthClientSpec, values: Mapping[str, str]) -> None:
+    """Renders the templates over a stand-in token (see _TRIAL_TOKEN)."""
+    rendered(spec, _TRIAL_TOKEN, values)
+
+
 def output_secret(
-    spec: OAuthClientSpec, token: Token, existing: dict[str, Any] | None
+    spec: OAuthClientSpec,
+    token: Token,
+    existing: dict[str, Any] | None,
+    values: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The full output Secret for a fresh token; carries the existing resourceVersion so
     that a replace fails instead of overwriting a concurrent change."""
     out = spec.output
-    data = {out.access_token_key: token.access_token}
+    data = rendered(spec, token, values or {})
+    data[out.access_token_key] = token.access_token
     if out.token_type_key:
         data[out.token_type_key] = token.token_type
     if out.expires_at_key:

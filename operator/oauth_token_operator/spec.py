@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from .templates import TemplateError, compile_template
+
 API_GROUP = "oauth-token-operator.dev"
 API_VERSION = "v1alpha1"
 KIND = "OAuthClient"
@@ -44,6 +46,7 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # A DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A provider's token that lives shorter than this cannot be refreshed before it expires.
 MIN_DEFAULT_LIFETIME = 60.0
@@ -96,6 +99,15 @@ class OutputSecret:
     id_token_key: str = ""
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    # Extra keys rendered from templates (templates.py), over the token and these values.
+    templates: tuple[tuple[str, str], ...] = ()
+    values: tuple[tuple[str, str], ...] = ()
+    values_config_map: str | None = None  # its data are values too; literal values win
+
+    def fixed_keys(self) -> tuple[str, ...]:
+        """The keys the operator writes itself."""
+        keys = (self.access_token_key, self.token_type_key, self.expires_at_key, self.id_token_key)
+        return tuple(k for k in keys if k)
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,21 @@ def _refresh_policy(refresh: dict[str, Any]) -> RefreshPolicy:
     )
 
 
+def _check_templates(output: OutputSecret) -> None:
+    for key, source in output.templates:
+        if not _SECRET_KEY.match(key):
+            raise SpecError(f"spec.secret.templates: {key!r} is not a valid Secret data key")
+        if key in output.fixed_keys():
+            raise SpecError(
+                f"spec.secret.templates[{key}]: the operator writes this key itself "
+                "(accessTokenKey, tokenTypeKey, expiresAtKey or idTokenKey)"
+            )
+        try:
+            compile_template(key, source)
+        except TemplateError as exc:
+            raise SpecError(str(exc)) from None
+
+
 def parse(body: dict[str, Any]) -> OAuthClientSpec:
     """Turns an OAuthClient object (as a dict) into an OAuthClientSpec or raises SpecError."""
     meta = body.get("metadata") or {}
@@ -300,18 +327,21 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         id_token_key=_str(out, "idTokenKey", "", path),
         labels=_string_map(out.get("labels"), "spec.secret.labels"),
         annotations=_string_map(out.get("annotations"), "spec.secret.annotations"),
+        templates=_string_map(out.get("templates"), "spec.secret.templates"),
+        values=_string_map(out.get("values"), "spec.secret.values"),
+        values_config_map=_str(out.get("valuesFrom") or {}, "configMapName", "", path) or None,
     )
     if output.name == credentials.secret_name:
         raise SpecError("spec.secret.name must differ from spec.credentialsSecretRef.name")
     if not _SECRET_NAME.match(output.name) or len(output.name) > 253:
         raise SpecError(f"spec.secret.name {output.name!r} is not a valid Secret name")
-    keys = [output.access_token_key, output.token_type_key, output.expires_at_key]
-    keys = [k for k in (*keys, output.id_token_key) if k]
+    keys = output.fixed_keys()
     if len(keys) != len(set(keys)):
         raise SpecError(
             "spec.secret: accessTokenKey, tokenTypeKey, expiresAtKey and idTokenKey must be "
             "different keys (one would overwrite another)"
         )
+    _check_templates(output)
 
     ca = (spec.get("tls") or {}).get("caBundleSecretRef")
     ca_bundle = None

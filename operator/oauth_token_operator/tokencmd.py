@@ -64,7 +64,7 @@ async def run(args: argparse.Namespace) -> int:
         exchanger = Exchanger(kube, tokens, Holder.for_cli())
         deadline = time.monotonic() + CLAIM_WAIT
         while True:
-            inputs = await read_inputs(kube, spec)
+            inputs = await read_inputs(kube, kube, spec)
             try:
                 result = await exchanger.exchange(spec, inputs)
                 break

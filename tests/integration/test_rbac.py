@@ -36,11 +36,23 @@ def test_operator_works_under_the_charts_namespaced_rbac(
         ("system:serviceaccounts", f"system:serviceaccounts:{release_ns}"),
     )
     cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
-    cluster.apply(oauth_client("api", identity_provider.issuer, "creds"))
+    # Template values from a ConfigMap: the chart lets the operator read it.
+    cluster.kubectl(
+        "create",
+        "configmap",
+        "api-settings",
+        "-n",
+        cluster.namespace,
+        "--from-literal=audience=billing",
+    )
+    templated = {"templates": {"who": "{{ values.audience }}"}}
+    templated["valuesFrom"] = {"configMapName": "api-settings"}
+    cluster.apply(oauth_client("api", identity_provider.issuer, "creds", secret=templated))
 
     with OperatorProcess(kubeconfig, cluster.namespace, tmp_path / "operator.log") as operator:
         cluster.wait_ready("api")
-        assert cluster.secret_data("api-token") is not None
+        data = cluster.secret_data("api-token")
+        assert data is not None and data["who"] == "billing"
         assert any(e["reason"] == "TokenIssued" for e in cluster.events("api"))
         logs = operator.logs()
     assert "403" not in logs and "Forbidden" not in logs, logs[-3000:]

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "oauth_token_operator"
-PURE = ("wire", "reasons", "spec", "status", "secret_bodies", "decide", "schedule")
+PURE = (
+    "wire",
+    "reasons",
+    "spec",
+    "status",
+    "secret_bodies",
+    "templates",
+    "decide",
+    "schedule",
+)
 IO_MODULES = {"kube", "kubernetes_asyncio", "httpx", "kopf", "aiohttp"}
 
 

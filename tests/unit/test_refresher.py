@@ -73,6 +73,7 @@ class FakeKube:
         self.failing_data: set[str] = set()
         self.failing_reads: set[str] = set()  # secret names whose reads answer HTTP 500
         self.reads: list[str] = []  # secret names read
+        self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
         self._rv = 0
 
     def _next_rv(self) -> str:
@@ -93,6 +94,11 @@ class FakeKube:
             raise KubeError(500, "injected")
         secret = self.secrets.get((namespace, name))
         return copy.deepcopy(secret) if secret is not None else None
+
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(f"configmap/{name}")
+        body = self.config_maps.get((namespace, name))
+        return copy.deepcopy(body) if body is not None else None
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
@@ -842,3 +848,61 @@ async def test_secrets_no_client_uses_are_not_kept() -> None:
     assert len(world.refresher.secrets) == 2  # the credentials and the output Secret
     world.refresher.forget(KEY)
     assert len(world.refresher.secrets) == 0
+
+
+# --- output templates ---------------------------------------------------------------------
+
+
+TEMPLATED = {
+    "templates": {
+        "header": "Authorization: {{ token_type }} {{ access_token }}",
+        "who": "{{ values.user }}@{{ values.registry }}",
+    },
+    "values": {"user": "literal-user"},
+    "valuesFrom": {"configMapName": "settings"},
+}
+
+
+async def test_templates_render_from_the_token_the_configmap_and_literal_values() -> None:
+    world = World()
+    world.kube.config_maps[NS, "settings"] = {
+        "data": {"registry": "registry.example.com", "user": "configmap-user"}
+    }
+    await world.refresher.observe(world.body(secret=TEMPLATED))
+    await world.refresher._run(KEY)
+
+    data = world.kube.data(OUTPUT_SECRET)
+    assert data["header"] == "Authorization: Bearer access-1"
+    assert data["who"] == "literal-user@registry.example.com"  # literal values win
+    assert data["access_token"] == "access-1"  # the fixed keys stay
+    assert world.kube.ready()["status"] == "True"
+
+
+async def test_a_template_that_cannot_render_costs_no_token_request() -> None:
+    """The ConfigMap is missing: TemplateFailed before the exchange, so a refresh token is
+    not rotated for a Secret that cannot be written."""
+    world = World("refresh_token")
+    await world.refresher.observe(world.body(secret=TEMPLATED))
+    await world.refresher._run(KEY)
+
+    assert world.tokens.calls == []
+    ready = world.kube.ready()
+    assert (ready["status"], ready["reason"]) == ("False", reasons.TEMPLATE_FAILED)
+    assert "ConfigMap settings" in ready["message"]
+
+    world.kube.config_maps[NS, "settings"] = {"data": {"registry": "r.example.com"}}
+    world.clock.now += 3600
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 1
+    assert world.kube.data(OUTPUT_SECRET)["who"] == "literal-user@r.example.com"
+
+
+async def test_a_template_that_does_not_compile_is_an_invalid_spec_with_its_line() -> None:
+    world = World()
+    broken = {"templates": {"env": "TOKEN={{ access_token }}\nTYPE={{ token_type "}}
+    await world.refresher.observe(world.body(secret=broken))
+
+    ready = world.kube.ready()
+    assert (ready["status"], ready["reason"]) == ("False", reasons.INVALID_SPEC)
+    assert ready["message"].startswith("spec.secret.templates[env], line 2:")
+    assert world.tokens.calls == []

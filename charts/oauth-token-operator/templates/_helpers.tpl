@@ -78,6 +78,10 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update, patch]
+# Read the ConfigMaps that spec.secret.valuesFrom names (template values); no list or watch.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
 # Events on OAuthClients (kopf posts core/v1 Events; events.k8s.io for newer clients).
 - apiGroups: [""]
   resources: [events]
