@@ -65,6 +65,10 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
         # rotated refresh token is thrown away with a cancelled run.
         cancelled = await memo.refresher.scheduler.drain(operator_settings.drain_timeout)
         log.info("drained; %d runs cancelled after the drain timeout", cancelled)
+        # Restarts still being gathered go out now (a successor would find and do them too).
+        flushing = asyncio.ensure_future(memo.refresher.rollouts.flush())
+        if (await asyncio.wait({flushing}, timeout=CLOSE_TIMEOUT))[1]:
+            log.warning("rollout restarts not sent within %.0fs", CLOSE_TIMEOUT)
         memo.scheduler.cancel()
         # Nothing is in flight any more: stopping the loop and closing connections must not
         # hold the exit (and the pod's grace period) however a peer behaves.

@@ -92,6 +92,7 @@ class Kube:
         # client's model-class signatures do not describe.
         self._core: Any = client.CoreV1Api(api)
         self._custom: Any = client.CustomObjectsApi(api)
+        self._apps: Any = client.AppsV1Api(api)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> Kube:
@@ -129,6 +130,44 @@ class Kube:
                 return None
             raise
         return body
+
+    def _workload_call(self, verb: str, kind: str) -> Any:
+        plural = {"Deployment": "deployment", "StatefulSet": "stateful_set"}
+        return getattr(self._apps, f"{verb}_namespaced_{plural.get(kind, 'daemon_set')}")
+
+    async def get_pod_template_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        read = self._workload_call("read", kind)
+        try:
+            body = await _json(read(name, namespace, _preload_content=False))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        template = (body.get("spec") or {}).get("template") or {}
+        return dict((template.get("metadata") or {}).get("annotations") or {})
+
+    async def patch_pod_template_annotations(
+        self, namespace: str, kind: str, name: str, annotations: dict[str, str]
+    ) -> bool:
+        patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+        call = self._workload_call("patch", kind)
+        try:
+            await _json(
+                call(
+                    name,
+                    namespace,
+                    patch,
+                    _preload_content=False,
+                    _content_type="application/merge-patch+json",
+                )
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return False
+            raise
+        return True
 
     async def get_object(
         self, group: str, version: str, plural: str, namespace: str, name: str

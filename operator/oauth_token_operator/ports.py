@@ -24,6 +24,20 @@ class ConfigMapAPI(Protocol):
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
 
+class WorkloadAPI(Protocol):
+    """Deployments, StatefulSets and DaemonSets (kind), by their pod template."""
+
+    async def get_pod_template_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None: ...
+
+    async def patch_pod_template_annotations(
+        self, namespace: str, kind: str, name: str, annotations: dict[str, str]
+    ) -> bool:
+        """False: the workload does not exist."""
+        ...
+
+
 class StatusAPI(Protocol):
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None: ...
 
@@ -32,7 +46,7 @@ class StatusAPI(Protocol):
     ) -> None: ...
 
 
-class KubeAPI(SecretAPI, ConfigMapAPI, StatusAPI, Protocol):
+class KubeAPI(SecretAPI, ConfigMapAPI, WorkloadAPI, StatusAPI, Protocol):
     """Everything a run of the operator calls."""
 
 

@@ -42,3 +42,8 @@ REFRESH_TOKEN_NOT_PERSISTED = "RefreshTokenNotPersisted"
 REFRESH_TOKEN_IN_USE = "RefreshTokenInUse"  # another process holds the refresh claim
 
 KUBERNETES_ERROR = "KubernetesError"
+
+# Rollout targets (Events only: the token itself is fine).
+ROLLOUT_RESTARTED = "RolloutRestarted"
+ROLLOUT_TARGET_NOT_FOUND = "RolloutTargetNotFound"
+ROLLOUT_FAILED = "RolloutRestartFailed"

@@ -19,6 +19,7 @@ from .custody import Holder
 from .exchange import Exchanger
 from .oauth import OAuthError
 from .ports import KubeAPI, TokenAPI
+from .rollout import Restarter
 from .run import ClientState, Runner
 from .secret_bodies import credentials_from, fingerprint, refresh_fingerprint
 from .secret_cache import CachedSecrets
@@ -50,7 +51,10 @@ class Refresher:
         self.secrets = CachedSecrets(kube, self._tracked)
         holder = holder or Holder(settings.identity)
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock)
-        self.runner = Runner(self.secrets, kube, kube, self.exchanger, settings, clock, rng)
+        self.rollouts = Restarter(kube, kube)
+        self.runner = Runner(
+            self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts
+        )
         self.scheduler = schedule.Scheduler(self._run, settings.concurrency, clock)
 
     async def observe(self, body: dict[str, Any]) -> None:

@@ -22,8 +22,10 @@ from .kube import KubeError
 from .oauth import OAuthError, Outcome, Token
 from .ports import ConfigMapAPI, SecretAPI, StatusAPI
 from .report import Reporter
+from .rollout import Restarter
 from .secret_bodies import (
     RecordedToken,
+    access_token_in,
     fingerprint,
     output_secret,
     owned_by,
@@ -72,8 +74,10 @@ class Runner:
         settings: Settings,
         clock: Callable[[], float],
         rng: random.Random,
+        rollouts: Restarter,
     ) -> None:
         self.kube = secrets
+        self.rollouts = rollouts
         self.config_maps = config_maps
         self.exchanger = exchanger
         self.settings = settings
@@ -109,6 +113,8 @@ class Runner:
             await self._succeeded(
                 spec, state, recorded.issued_at, recorded.expires_at, decision.due
             )
+            if spec.rollout_targets and output is not None:
+                await self.rollouts.ensure(spec, access_token_in(spec, output))
             return decision.due
         assert inputs is not None
         floor = schedule.next_exchange_allowed(state.last_exchange)
@@ -198,6 +204,7 @@ class Runner:
                 "without expires_in, spec.refresh.defaultLifetime)",
             )
             return await self._failed(spec, state, written, error, True)
+        self.rollouts.token_written(spec, token.access_token)
         due = self._plan(spec, state, written)
         state.force = False
         log.info(

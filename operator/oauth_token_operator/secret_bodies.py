@@ -138,6 +138,11 @@ def check_templates(spec: OAuthClientSpec, values: Mapping[str, str]) -> None:
     rendered(spec, _TRIAL_TOKEN, values)
 
 
+def access_token_in(spec: OAuthClientSpec, output: dict[str, Any]) -> str:
+    """The access token an output Secret holds."""
+    return decode_data(output).get(spec.output.access_token_key, "")
+
+
 def output_secret(
     spec: OAuthClientSpec,
     token: Token,

@@ -110,6 +110,20 @@ class OutputSecret:
         return tuple(k for k in keys if k)
 
 
+class WorkloadKind(StrEnum):
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+    DAEMON_SET = "DaemonSet"
+
+
+@dataclass(frozen=True)
+class RolloutTarget:
+    """A workload in the OAuthClient's namespace restarted when the token changes."""
+
+    kind: WorkloadKind
+    name: str
+
+
 @dataclass(frozen=True)
 class RefreshPolicy:
     renew_before_percentage: int = 33
@@ -150,6 +164,8 @@ class OAuthClientSpec:
     output: OutputSecret
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     ca_bundle: tuple[str, str] | None = None  # (secret name, key)
+    # Not part of spec_hash: which pods to restart does not change the token.
+    rollout_targets: tuple[RolloutTarget, ...] = ()
 
     @property
     def spec_hash(self) -> str:
@@ -274,6 +290,23 @@ def _check_templates(output: OutputSecret) -> None:
             raise SpecError(str(exc)) from None
 
 
+def _rollout_targets(value: Any) -> tuple[RolloutTarget, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise SpecError("spec.rolloutTargets must be a list of {kind, name}")
+    targets = []
+    for i, target in enumerate(value):
+        path = f"spec.rolloutTargets[{i}]"
+        name = _str(target, "name", "", path)
+        if not _SECRET_NAME.match(name):
+            raise SpecError(f"{path}.name {name!r} is not a valid workload name")
+        targets.append(RolloutTarget(_enum(WorkloadKind, target.get("kind"), f"{path}.kind"), name))
+    if len(set(targets)) != len(targets):
+        raise SpecError("spec.rolloutTargets lists a workload twice")
+    return tuple(targets)
+
+
 def parse(body: dict[str, Any]) -> OAuthClientSpec:
     """Turns an OAuthClient object (as a dict) into an OAuthClientSpec or raises SpecError."""
     meta = body.get("metadata") or {}
@@ -368,4 +401,5 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         output=output,
         refresh=_refresh_policy(spec.get("refresh") or {}),
         ca_bundle=ca_bundle,
+        rollout_targets=_rollout_targets(spec.get("rolloutTargets")),
     )

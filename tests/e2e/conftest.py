@@ -138,6 +138,7 @@ def release(node_cluster: tuple[ControlPlane, Node], operator_image: str) -> Ite
         f"healthPort={_free_port()}",
         f"metrics.port={_free_port()}",
         "propagationMargin=20s",
+        "rolloutTargets.enabled=true",
         "logLevel=debug",
         "logFormat=plain",
         "extraEnv[0].name=KUBERNETES_SERVICE_HOST",

@@ -6,6 +6,7 @@ Each test says what it measured on stdout (`pytest -s`): propagation delay, hand
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterator
@@ -262,3 +263,90 @@ def test_helm_test_finds_the_operator_answering(release: Release) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Phase:          Succeeded" in result.stdout, result.stdout
+
+
+def env_deployment(name: str, image: str, secret: str) -> dict[str, Any]:
+    """Reads the token from an environment variable, i.e. only at start; logs its hash."""
+    labels = {"app": name}
+    script = 'echo "token sha256 $(printf %s "$TOKEN" | sha256sum)"; while true; do sleep 1; done'
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65534},
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "command": ["sh", "-c", script],
+                            "env": [
+                                {
+                                    "name": "TOKEN",
+                                    "valueFrom": {
+                                        "secretKeyRef": {"name": secret, "key": "access_token"}
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                    "terminationGracePeriodSeconds": 1,
+                },
+            },
+        },
+    }
+
+
+def test_a_deployment_reading_the_token_from_env_is_restarted_with_each_new_token(
+    release: Release, app_ns: Cluster, e2e_idp: IdentityProvider
+) -> None:
+    """spec.rolloutTargets on the node: the Deployment exists before its Secret (pods wait),
+    the first token restarts it, and every refreshed token (60 s tokens, renewed 20 s before
+    expiry) brings up a pod whose environment holds the new token before the old expires."""
+    app_ns.create_secret("creds", {"client_id": CC_POST, "client_secret": CC_POST_SECRET})
+    app_ns.apply(env_deployment("env-app", release.node.sandbox_image, "env-token"))
+    client = oauth_client("env", e2e_idp, "creds")
+    client["spec"]["secret"] = {"name": "env-token"}
+    client["spec"]["rolloutTargets"] = [{"kind": "Deployment", "name": "env-app"}]
+    app_ns.apply(client)
+    app_ns.wait_ready("env", timeout=60)
+
+    def running_with(token: str) -> str | None:
+        """The name of a Ready pod whose environment holds this token."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        for pod in pods(release.cp, app_ns.namespace, "app=env-app"):
+            name = pod["metadata"]["name"]
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in pod["status"].get("conditions", [])
+            )
+            log = release.node.container_log(app_ns.namespace, name, "app")
+            if ready and f"token sha256 {digest}" in log:
+                return str(name)
+        return None
+
+    first = (app_ns.secret_data("env-token") or {})["access_token"]
+    eventually(lambda: running_with(first), timeout=90, interval=0.5, what="a pod with token 1")
+
+    def refreshed() -> str | None:
+        token = (app_ns.secret_data("env-token") or {}).get("access_token")
+        return token if token and token != first else None
+
+    second = eventually(refreshed, timeout=90, interval=0.2, what="a refreshed token")
+    written_at = time.time()
+    eventually(lambda: running_with(second), timeout=60, interval=0.2, what="a pod with token 2")
+    running_at = time.time()
+    first_exp = jwt.decode(first, options={"verify_signature": False})["exp"]
+    print(
+        f"\nrollout restart: token written -> a pod with it Ready in "
+        f"{running_at - written_at:.1f} s; the old token had {first_exp - running_at:.1f} s "
+        "left"
+    )
+    assert running_at < first_exp
+    restarted = [e for e in app_ns.events("env") if e["reason"] == "RolloutRestarted"]
+    assert len(restarted) >= 2

@@ -144,7 +144,9 @@ DENIED = [
     ("deletecollection", "secrets", None),
     ("create", "pods", None),
     ("create", "pods", "exec"),
-    ("get", "configmaps", None),
+    ("list", "configmaps", None),  # read by name only (template values)
+    ("watch", "configmaps", None),
+    ("patch", "deployments.apps", None),  # rolloutTargets.enabled is off by default
     ("create", "serviceaccounts", "token"),
     ("create", "rolebindings.rbac.authorization.k8s.io", None),
     ("delete", "events", None),
@@ -201,6 +203,7 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_does(
         "events": {"create", "patch"},
         "events.events.k8s.io": {"create", "patch"},
         "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
+        "configmaps": {"get"},
     }
 
 

@@ -252,10 +252,13 @@ def test_default_rbac_is_cluster_wide_and_minimal(helm: Path) -> None:
     assert grants(role, "", "events") == {"create", "patch"}
     assert grants(role, "events.k8s.io", "events") == {"create", "patch"}
     assert grants(role, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
-    # No wildcards anywhere, and nothing on kopf peering while peering is off.
+    assert grants(role, "", "configmaps") == {"get"}  # template values, by name
+    # No wildcards anywhere, nothing on kopf peering while peering is off, nothing on
+    # workloads while rollout targets are off.
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert "kopf.dev" not in rule["apiGroups"]
+        assert "apps" not in rule["apiGroups"]
 
     binding = only(manifests, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -266,6 +269,16 @@ def test_default_rbac_is_cluster_wide_and_minimal(helm: Path) -> None:
             "namespace": "oauth-token-operator",
         }
     ]
+
+
+def test_rollout_targets_grant_get_and_patch_on_workloads_only_when_enabled(helm: Path) -> None:
+    for extra in ((), ("watchNamespaces={team-a}",)):
+        manifests = operators(render(helm, "rolloutTargets.enabled=true", *extra))
+        roles = of_kind(manifests, "Role") if extra else of_kind(manifests, "ClusterRole")
+        assert roles
+        for role in roles:
+            for resource in ("deployments", "statefulsets", "daemonsets"):
+                assert grants(role, "apps", resource) == {"get", "patch"}
 
 
 def test_metrics_service_selects_the_pods(helm: Path) -> None:

@@ -74,6 +74,9 @@ class FakeKube:
         self.failing_reads: set[str] = set()  # secret names whose reads answer HTTP 500
         self.reads: list[str] = []  # secret names read
         self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
+        # (namespace, kind, name) -> pod template annotations; patches as (kind, name, patch)
+        self.workloads: dict[tuple[str, str, str], dict[str, str]] = {}
+        self.workload_patches: list[tuple[str, str, dict[str, str]]] = []
         self._rv = 0
 
     def _next_rv(self) -> str:
@@ -99,6 +102,21 @@ class FakeKube:
         self.reads.append(f"configmap/{name}")
         body = self.config_maps.get((namespace, name))
         return copy.deepcopy(body) if body is not None else None
+
+    async def get_pod_template_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        found = self.workloads.get((namespace, kind, name))
+        return dict(found) if found is not None else None
+
+    async def patch_pod_template_annotations(
+        self, namespace: str, kind: str, name: str, annotations: dict[str, str]
+    ) -> bool:
+        self.workload_patches.append((kind, name, dict(annotations)))
+        if (namespace, kind, name) not in self.workloads:
+            return False
+        self.workloads[namespace, kind, name].update(annotations)
+        return True
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]

@@ -82,6 +82,12 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get]
+{{- if .Values.rolloutTargets.enabled }}
+# Restart the workloads OAuthClients list in spec.rolloutTargets (a pod-template annotation).
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, patch]
+{{- end }}
 # Events on OAuthClients (kopf posts core/v1 Events; events.k8s.io for newer clients).
 - apiGroups: [""]
   resources: [events]
