@@ -314,9 +314,13 @@ def run_operator(args: argparse.Namespace) -> int:
         args.concurrency,
     )
     while True:
+        # An asyncio.Event, not a threading one: kopf waits for a threading.Event in an
+        # executor thread that nothing wakes, and asyncio.run() then waits for it at exit.
+        start_over = asyncio.Event()
         try:
             kopf.run(
-                registry=registry_for(settings),
+                registry=registry_for(settings, start_over.set),
+                stop_flag=start_over,
                 clusterwide=not namespaces,
                 namespaces=namespaces,
                 standalone=peering is None,
@@ -330,7 +334,8 @@ def run_operator(args: argparse.Namespace) -> int:
                     else None
                 ),
             )
-            return 0
+            if not start_over.is_set():
+                return 0
         except Exception as exc:
             if not watched_api_gone(exc):
                 raise

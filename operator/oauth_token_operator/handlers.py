@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -24,10 +24,17 @@ from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 5.0
+# While the CRD was missing at start: how often to look for OAuthClients kopf did not bring,
+# and how long to give kopf once there are some.
+CRD_POLL = 2.0
+CRD_GRACE = 6.0
 
 
-def registry_for(settings: Settings) -> kopf.OperatorRegistry:
-    """A registry with the operator's handlers, bound to these settings."""
+def registry_for(
+    settings: Settings, start_over: Callable[[], None] = lambda: None
+) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers, bound to these settings. `start_over` stops
+    kopf so that the caller runs it again (see _serve_once_installed)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(id="login", registry=registry)
@@ -51,7 +58,15 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
         metrics.publish_clients(memo.refresher.client_samples)
         memo.follower = None
-        await _say_whether_served(kube, operator_settings.namespaces, operator_settings.selector)
+        memo.kube = kube
+        memo.oauthclient_events = 0
+        memo.crd_waiter = None
+        if not await _say_whether_served(
+            kube, operator_settings.namespaces, operator_settings.selector
+        ):
+            memo.crd_waiter = asyncio.create_task(
+                _serve_once_installed(kube, operator_settings, memo, start_over)
+            )
         if peering := operator_settings.peering:
             # Before kopf starts its peering keepalive, which only patches the object.
             await kube.ensure_peerings(peering.name, operator_settings.namespaces)
@@ -59,8 +74,9 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
-        if memo.follower is not None:
-            memo.follower.cancel()
+        for task in (memo.follower, memo.crd_waiter):
+            if task is not None:
+                task.cancel()
         # SIGTERM (a rollout, helm upgrade, node drain): finish runs in flight, so that no
         # rotated refresh token is thrown away with a cancelled run.
         cancelled = await memo.refresher.scheduler.drain(operator_settings.drain_timeout)
@@ -85,10 +101,27 @@ def registry_for(settings: Settings) -> kopf.OperatorRegistry:
     async def oauthclient_event(
         event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
     ) -> None:
+        memo.oauthclient_events += 1
         if event["type"] == "DELETED":
             memo.refresher.forget(ObjectKey(namespace or "", name))
         else:
             await memo.refresher.observe(event["object"])
+
+    @kopf.on.event(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        id="crd",
+        registry=registry,
+        when=lambda name, **_: name == f"{PLURAL}.{API_GROUP}",
+    )
+    async def crd_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED" and memo.crd_waiter is None:
+            # Installed again later, it may not be served (see _serve_once_installed).
+            memo.oauthclient_events = 0
+            memo.crd_waiter = asyncio.create_task(
+                _serve_once_installed(memo.kube, operator_settings, memo, start_over)
+            )
 
     @kopf.on.event("", "v1", "secrets", id="secret", registry=registry)
     async def secret_event(  # async: kopf runs plain functions in a thread pool
@@ -122,19 +155,50 @@ async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> 
     )
 
 
-async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...], selector: str) -> None:
+async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...], selector: str) -> bool:
+    """False (and says so) when the OAuthClient CRD is not installed."""
     try:
         served = await kube.oauthclients_served(namespaces, selector)
     except KubeError as exc:
         if exc.status == 400 and selector:
             raise kopf.PermanentError(f"--selector {selector!r}: {exc}") from None
         log.debug("could not tell whether the OAuthClient CRD is installed: %s", exc)
-        return
+        return True
     if not served:
         log.warning(
             "the OAuthClient CRD is not installed: idle until it is "
             "(kubectl apply -f crds/oauthclients.oauth-token-operator.dev.yaml)"
         )
+    return served
+
+
+async def _serve_once_installed(
+    kube: Kube, settings: Settings, memo: kopf.Memo, start_over: Callable[[], None]
+) -> None:
+    """kopf serves a CRD installed after it started by watching CRDs, but when its discovery
+    lags the CRD's events it gives up on it ("Unresolved resources cannot be served") and
+    never looks again (seen under load). So while the CRD was missing at start, or after it
+    was deleted: once OAuthClients exist and no event about any reached us within a grace
+    period, start kopf over; its start-up scan then finds the CRD. Ends when kopf brings an
+    event."""
+    waiting_since: float | None = None
+    while memo.oauthclient_events == 0:
+        await asyncio.sleep(CRD_POLL)
+        try:
+            exist = bool(await kube.list_oauthclients(settings.namespaces, settings.selector))
+        except KubeError:
+            continue
+        if not exist:
+            waiting_since = None
+        elif waiting_since is None:
+            waiting_since = time.monotonic()
+        elif memo.oauthclient_events == 0 and time.monotonic() - waiting_since > CRD_GRACE:
+            log.warning(
+                "the OAuthClient CRD is installed now but kopf does not serve it: starting over"
+            )
+            start_over()
+            return
+    memo.crd_waiter = None
 
 
 def configure_kopf(settings: kopf.OperatorSettings, selector: str = "") -> None:
