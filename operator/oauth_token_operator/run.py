@@ -53,7 +53,7 @@ class ClientState:
     credentials_fingerprint: str | None = None
     refresh_fingerprint: str | None = None
     # The refresh time drawn for the current token: ((issued, expires, policy), due).
-    plan: tuple[tuple[float, float, RefreshPolicy], float] | None = None
+    plan: tuple[tuple[int, int, RefreshPolicy], float] | None = None
     # A rotated refresh token that is not yet safely in the credentials Secret.
     unpersisted_refresh_token: str | None = field(default=None, repr=False)
     # Since when the provider has answered invalid_grant (the grant is dead).
@@ -219,8 +219,9 @@ class Runner:
 
     def _plan(self, spec: OAuthClientSpec, state: ClientState, token: RecordedToken) -> float:
         """The refresh time for a token, drawn once per token: a run that fires at its
-        jittered time must not draw again and find itself not yet due."""
-        key = (token.issued_at, token.expires_at, spec.refresh)
+        jittered time must not draw again and find itself not yet due. Keyed by whole
+        seconds: the token just written has fractions, the Secret records seconds."""
+        key = (int(token.issued_at), int(token.expires_at), spec.refresh)
         if state.plan is None or state.plan[0] != key:
             due = schedule.refresh_at(
                 token.issued_at,

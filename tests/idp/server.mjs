@@ -62,6 +62,9 @@ function resetCounters() {
 resetCounters();
 let tokenDelayMs = 0;
 
+// Start-up stages on stderr, so that a start that never says READY shows where it stopped.
+const stage = (what) => console.error(`stage: ${what} at ${Math.round(performance.now())} ms`);
+
 const server = https.createServer({
   cert: readFileSync(config.certFile),
   key: readFileSync(config.keyFile),
@@ -71,6 +74,7 @@ await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(config.port ?? 0, '127.0.0.1', resolve);
 });
+stage('listening');
 
 // The issuer needs the real port, so the provider is built only after listen() resolved it.
 const issuer = `https://127.0.0.1:${server.address().port}`;
@@ -145,9 +149,11 @@ provider.on('grant.error', (_ctx, err) => {
 
 // oidc-provider validates static clients lazily, on first use; fail at startup instead, so a
 // bad client in a test shows up as a start() error with this message on stderr.
+stage('provider built');
 for (const { client_id: clientId } of config.clients ?? []) {
   await provider.Client.find(clientId);
 }
+stage('clients checked');
 
 // Where the /token grant type is handed from the provider (which parses bodies) to the counters.
 const GRANT_TYPE = Symbol('grantType');

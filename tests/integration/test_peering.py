@@ -122,7 +122,13 @@ def test_the_standby_replica_stays_idle_and_takes_over_when_the_active_one_stops
     for name in ("a", "b", "gone"):
         cluster.wait_ready(name)
     wrote_a = f"{cluster.namespace}/a: wrote a token"
-    eventually(lambda: first.logs().count(wrote_a) >= 2, timeout=30, what="a refresh of a")
+    wrote_b = f"{cluster.namespace}/b: wrote a token"
+    # Stopped just after a and b were refreshed, so that neither is due at the handover.
+    eventually(
+        lambda: first.logs().count(wrote_a) >= 2 and first.logs().count(wrote_b) >= 2,
+        timeout=30,
+        what="a refresh of a and of b",
+    )
     cluster.kubectl("delete", "-n", cluster.namespace, "oauthclient", "gone")
     gone_token = cluster.secret_data("gone-token")  # no controller-manager here to collect it
 

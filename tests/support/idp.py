@@ -207,7 +207,10 @@ class IdentityProvider(Service):
         tail = "\n".join(stderr_path.read_text(errors="replace").splitlines()[-30:])
         exited = self._process.poll() is not None
         state = f"exited with {self._process.returncode}" if exited else "timed out"
-        raise RuntimeError(f"identity provider {state} before READY; stderr tail:\n{tail}")
+        raise RuntimeError(
+            f"identity provider {state} before READY (after {_READY_TIMEOUT:.0f}s at most); "
+            f"stderr tail:\n{tail}"
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -317,6 +317,21 @@ async def test_second_run_before_due_does_not_exchange() -> None:
     assert len(world.kube.status_patches) == patches  # nothing new to say
 
 
+async def test_the_run_at_the_planned_time_exchanges_though_the_secret_keeps_seconds() -> None:
+    """The Secret records times to the second; the plan drawn when writing must be the one
+    the next run finds, or a run fires early, finds itself not due and draws again."""
+    world = World()
+    world.clock.now = START + 0.7
+    due = await world.start()
+    assert due is not None
+    world.clock.now = due - 0.5  # a trigger just before: the same plan, not a new draw
+
+    assert await world.refresher._run(KEY) == due
+    world.clock.now = due
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == 2
+
+
 async def test_restart_reuses_the_token_in_the_secret() -> None:
     world = World()
     await world.start()
