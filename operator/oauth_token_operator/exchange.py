@@ -41,6 +41,7 @@ class Inputs:
     ca_pem: str | None = field(default=None, repr=False)
     # What the output templates see as values (from spec.secret and its ConfigMap).
     template_values: dict[str, str] = field(default_factory=dict, repr=False)
+    tls_secret: dict[str, Any] | None = field(default=None, repr=False)  # client certificate
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,16 @@ async def read_inputs(
         )
     if pending_refresh_token is not None:
         secret = await custody.persist(api, spec, secret, pending_refresh_token)
-    creds = credentials_from(spec, secret)
+    tls_secret = None
+    if spec.client_certificate:
+        tls_secret = await api.get_secret(ns, spec.client_certificate)
+        if tls_secret is None:
+            raise OAuthError(
+                Outcome.NEEDS_HUMAN,
+                reasons.CREDENTIALS_NOT_FOUND,
+                f"client certificate Secret {spec.client_certificate} not found in {ns}",
+            )
+    creds = credentials_from(spec, secret, tls_secret)
     ca_pem = None
     if spec.ca_bundle:
         ca_name, ca_key = spec.ca_bundle
@@ -93,7 +103,7 @@ async def read_inputs(
             config_map = await config_maps.get_config_map(ns, spec.output.values_config_map)
         values = template_values(spec, config_map)
         check_templates(spec, values)
-    return Inputs(secret, creds, ca_pem, values)
+    return Inputs(secret, creds, ca_pem, values, tls_secret)
 
 
 async def uncancellable(work: Coroutine[Any, Any, _T]) -> _T:
@@ -183,7 +193,7 @@ class Exchanger:
                 spec.credentials.secret_name,
             )
         # The claimed version's refresh token: current by construction (compare-and-swap).
-        creds = credentials_from(spec, secret)
+        creds = credentials_from(spec, secret, inputs.tls_secret)
         return await uncancellable(self._refresh_claimed(spec, secret, creds, inputs.ca_pem))
 
     async def _refresh_claimed(

@@ -27,6 +27,7 @@ from .oauth import (
     Token,
     check_endpoint,
     client_authentication,
+    load_client_certificate,
     map_error_response,
     parse_token_response,
 )
@@ -53,9 +54,21 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--client-authentication",
         default=None,
-        choices=["client_secret_basic", "client_secret_post", "none"],
+        choices=[
+            "client_secret_basic",
+            "client_secret_post",
+            "tls_client_auth",
+            "self_signed_tls_client_auth",
+            "none",
+        ],
         help="default: client_secret_post with a secret, none without",
     )
+    parser.add_argument(
+        "--client-certificate-file",
+        default=None,
+        help="PEM client certificate for mutual TLS (RFC 8705; with --client-key-file)",
+    )
+    parser.add_argument("--client-key-file", default=None, help="its PEM private key")
     parser.add_argument(
         "--scope",
         action="append",
@@ -180,7 +193,13 @@ async def run(args: argparse.Namespace) -> int:
     extra = dict(p.split("=", 1) for p in args.param if "=" in p)
     policy = EndpointPolicy(allow_http=args.allow_http)
     verify: Any = True
-    if args.ca_file:
+    if bool(args.client_certificate_file) != bool(args.client_key_file):
+        print("error: give both --client-certificate-file and --client-key-file", file=sys.stderr)
+        return 1
+    if auth.mutual_tls and not args.client_certificate_file:
+        print(f"error: {auth.value} needs --client-certificate-file", file=sys.stderr)
+        return 1
+    if args.ca_file or args.client_certificate_file:
         import ssl
 
         try:
@@ -188,6 +207,14 @@ async def run(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"error: --ca-file {args.ca_file}: {exc.strerror or exc}", file=sys.stderr)
             return 1
+        if args.client_certificate_file:
+            try:
+                certificate = Path(args.client_certificate_file).read_text()  # noqa: ASYNC240
+                key = Path(args.client_key_file).read_text()  # noqa: ASYNC240
+                load_client_certificate(verify, certificate, key)
+            except (OSError, OAuthError) as exc:
+                print(f"error: client certificate: {exc}", file=sys.stderr)
+                return 1
     kube = await Kube.connect(args.kubeconfig)
     try:
         # Before the browser: a grant whose refresh token cannot be stored is wasted, so the

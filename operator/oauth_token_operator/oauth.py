@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import os
 import ssl
 import time
 import uuid
@@ -84,10 +85,13 @@ class Credentials:
     client_secret: str | None = field(default=None, repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     private_key: str | None = field(default=None, repr=False)
+    # The client certificate (PEM) and its key, presented in the TLS handshake (RFC 8705).
+    client_certificate: str | None = field(default=None, repr=False)
+    client_key: str | None = field(default=None, repr=False)
 
     def secrets(self) -> tuple[str | None, ...]:
         """The values that must never appear in a message."""
-        return (self.client_secret, self.refresh_token, self.private_key)
+        return (self.client_secret, self.refresh_token, self.private_key, self.client_key)
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,26 @@ def client_assertion(creds: Credentials, audience: str, now: float) -> str:
     return jwt.encode(claims, key, algorithm=algorithm)
 
 
+def load_client_certificate(context: ssl.SSLContext, certificate: str, key: str) -> None:
+    """Loads a PEM certificate chain and key into the context. ssl reads them only from
+    files, so they go through anonymous memory files: the key never touches a disk."""
+    fds = [os.memfd_create(name, os.MFD_CLOEXEC) for name in ("tls.crt", "tls.key")]
+    try:
+        for fd, pem in zip(fds, (certificate, key), strict=True):
+            os.write(fd, pem.encode())
+        context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    except (ssl.SSLError, ValueError, OSError):
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            reasons.CREDENTIALS_INVALID,
+            "the client certificate Secret's tls.crt and tls.key are not a PEM certificate "
+            "and its unencrypted private key",
+        ) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 async def check_endpoint(url: str, policy: EndpointPolicy) -> None:
     """Refuses endpoints the operator's configuration does not allow, and link-local and
     cloud metadata addresses always (a token request carries credentials)."""
@@ -427,22 +451,36 @@ class TokenClient:
         self._clock = clock
         self.deadline = deadline
         self._clients: dict[str, httpx.AsyncClient] = {}
-        self._discovery: dict[tuple[str, str], tuple[float, str]] = {}
+        # (client ID, CA) -> the key of its client-certificate pool: a renewed certificate
+        # replaces the pool of the old one instead of adding to them.
+        self._certificate_pools: dict[tuple[str, str], str] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        # (issuer, CA) -> (expiry, token endpoint, RFC 8705 mTLS alias or "")
+        self._discovery: dict[tuple[str, str], tuple[float, str, str]] = {}
 
-    def _http(self, ca_pem: str | None) -> httpx.AsyncClient:
-        key = hashlib.sha256(ca_pem.encode()).hexdigest() if ca_pem else ""
+    def _http(self, ca_pem: str | None, creds: Credentials | None = None) -> httpx.AsyncClient:
+        """A pooled client per trust store and, for mutual TLS, per client certificate."""
+        certificate = None
+        if creds is not None and creds.client_certificate:
+            certificate = (creds.client_certificate, creds.client_key or "")
+        material = "\0".join((ca_pem or "", *(certificate or ())))
+        key = hashlib.sha256(material.encode()).hexdigest() if material else ""
         client = self._clients.get(key)
         if client is None:
             verify: ssl.SSLContext | bool = True
-            if ca_pem:
+            if ca_pem or certificate:
                 try:
-                    verify = ssl.create_default_context(cadata=ca_pem)
+                    verify = ssl.create_default_context(cadata=ca_pem or None)
                 except (ssl.SSLError, ValueError):
                     raise OAuthError(
                         Outcome.NEEDS_HUMAN,
                         reasons.INVALID_CA_BUNDLE,
                         "the CA bundle is not valid PEM certificates",
                     ) from None
+                if certificate:
+                    assert creds is not None and isinstance(verify, ssl.SSLContext)
+                    load_client_certificate(verify, *certificate)
+                    self._replace_certificate_pool((creds.client_id, ca_pem or ""), key)
             client = httpx.AsyncClient(
                 verify=verify,
                 timeout=REQUEST_TIMEOUT,
@@ -451,6 +489,15 @@ class TokenClient:
             )
             self._clients[key] = client
         return client
+
+    def _replace_certificate_pool(self, owner: tuple[str, str], key: str) -> None:
+        old = self._certificate_pools.get(owner)
+        self._certificate_pools[owner] = key
+        if old is not None and old != key and old in self._clients:
+            # A request still on the old pool fails as a transient error and is retried.
+            task = asyncio.get_running_loop().create_task(self._clients.pop(old).aclose())
+            self._closing.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         for client in self._clients.values():
@@ -493,21 +540,24 @@ class TokenClient:
                 f"{url}: {type(exc).__name__}: {_printable(str(exc))}",
             ) from None
 
-    async def token_endpoint(self, request: TokenRequest, ca_pem: str | None = None) -> str:
-        """The configured token endpoint, or the one discovered from the issuer (cached)."""
+    async def token_endpoint(
+        self, request: TokenRequest, ca_pem: str | None = None, mutual_tls: bool = False
+    ) -> str:
+        """The configured token endpoint, or the one discovered from the issuer (cached);
+        with a client certificate, the provider's mTLS alias when it names one (RFC 8705 5)."""
         endpoint = request.endpoint
         if endpoint.token_endpoint:
             return endpoint.token_endpoint
         assert endpoint.issuer is not None
         cache_key = (endpoint.issuer, ca_pem or "")
         cached = self._discovery.get(cache_key)
-        if cached and cached[0] > self._clock():
-            return cached[1]
-        url = await self._discover(endpoint.issuer, ca_pem)
-        self._discovery[cache_key] = (self._clock() + DISCOVERY_TTL, url)
-        return url
+        if not cached or cached[0] <= self._clock():
+            url, alias = await self._discover(endpoint.issuer, ca_pem)
+            cached = (self._clock() + DISCOVERY_TTL, url, alias)
+            self._discovery[cache_key] = cached
+        return (mutual_tls and cached[2]) or cached[1]
 
-    async def _discover(self, issuer: str, ca_pem: str | None) -> str:
+    async def _discover(self, issuer: str, ca_pem: str | None) -> tuple[str, str]:
         http = self._http(ca_pem)
         base = issuer.rstrip("/")
         parts = urlsplit(base)
@@ -542,7 +592,9 @@ class TokenClient:
                 raise OAuthError(
                     Outcome.NEEDS_HUMAN, reasons.DISCOVERY_FAILED, f"{url} has no token_endpoint"
                 )
-            return token_endpoint
+            aliases = document.get("mtls_endpoint_aliases")
+            alias = aliases.get("token_endpoint") if isinstance(aliases, dict) else None
+            return token_endpoint, alias if isinstance(alias, str) else ""
         raise OAuthError(
             Outcome.NEEDS_HUMAN, reasons.DISCOVERY_FAILED, f"no discovery document under {issuer}"
         )
@@ -584,11 +636,18 @@ class TokenClient:
         ca_pem: str | None,
         sent: _Sent | None,
     ) -> Token:
-        url = await self.token_endpoint(request, ca_pem)
+        mutual_tls = bool(creds.client_certificate)
+        url = await self.token_endpoint(request, ca_pem, mutual_tls)
+        if mutual_tls and not url.startswith("https://"):
+            raise OAuthError(
+                Outcome.NEEDS_HUMAN,
+                reasons.ENDPOINT_NOT_ALLOWED,
+                f"{url}: a client certificate is only presented over https",
+            )
         now = self._clock()
         form, headers = build_form(request, creds, url, now)
         status, body, response_headers = await self._send(
-            self._http(ca_pem), "POST", url, sent, data=form, headers=headers
+            self._http(ca_pem, creds), "POST", url, sent, data=form, headers=headers
         )
         if status != 200:
             retry_after = parse_retry_after(response_headers.get("Retry-After"), self._clock())

@@ -130,8 +130,10 @@ class Refresher:
             if state.spec is None or state.credentials_fingerprint is None:
                 continue  # never run yet: its first run reads the Secret anyway
             if secret is not None and name == state.spec.credentials.secret_name:
+                certificate = state.spec.client_certificate
+                tls = self.secrets.peek(namespace, certificate) if certificate else None
                 try:
-                    creds = credentials_from(state.spec, secret)
+                    creds = credentials_from(state.spec, secret, tls)
                 except OAuthError:
                     creds = None
                 if creds is not None and fingerprint(creds) == state.credentials_fingerprint:

@@ -13,6 +13,7 @@ from .oauth import Credentials, OAuthError, Outcome, Token
 from .spec import (
     API_GROUP,
     API_VERSION,
+    CLIENT_CERTIFICATE_ANNOTATION,
     EXPIRES_AT_ANNOTATION,
     ISSUED_AT_ANNOTATION,
     KIND,
@@ -32,9 +33,11 @@ from .wire import decode_data, encode_data, parse_rfc3339, rfc3339
 _TRIAL_TOKEN = Token("trial", "Bearer", 0.0, 3600.0, scope="", id_token="")
 
 
-def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentials:
+def credentials_from(
+    spec: OAuthClientSpec, secret: dict[str, Any], tls_secret: dict[str, Any] | None = None
+) -> Credentials:
     """The credentials the spec asks for, or a CredentialsInvalid error naming the missing key
-    (never its value)."""
+    (never its value). `tls_secret`: the client certificate Secret, when the spec names one."""
     data = decode_data(secret)
     keys = spec.credentials
     request = spec.request
@@ -57,14 +60,33 @@ def credentials_from(spec: OAuthClientSpec, secret: dict[str, Any]) -> Credentia
         private_key = need(keys.private_key, "needed by private_key_jwt")
     if request.grant_type is GrantType.REFRESH_TOKEN:
         refresh_token = need(keys.refresh_token, "needed by the refresh_token grant")
-    return Credentials(client_id, secret_value, refresh_token, private_key)
+    certificate = key = None
+    if spec.client_certificate:
+        tls = decode_data(tls_secret or {})
+        certificate, key = tls.get("tls.crt", "").strip(), tls.get("tls.key", "").strip()
+        if not certificate or not key:
+            raise OAuthError(
+                Outcome.NEEDS_HUMAN,
+                reasons.CREDENTIALS_INVALID,
+                f"Secret {spec.client_certificate} has no tls.crt and tls.key (the client "
+                "certificate; cert-manager's Certificate writes such a Secret)",
+            )
+    return Credentials(client_id, secret_value, refresh_token, private_key, certificate, key)
 
 
 def fingerprint(creds: Credentials) -> str:
-    """Identifies the client's identity (ID, secret, private key) without keeping or showing
-    it. The refresh token is left out: it rotates on every refresh (ours, a sibling
-    OAuthClient's, the CLI's), which is no reason for an extra exchange."""
-    material = "\0".join(v or "" for v in (creds.client_id, creds.client_secret, creds.private_key))
+    """Identifies the client's identity (ID, secret, private key, client certificate)
+    without keeping or showing it. The refresh token is left out: it rotates on every
+    refresh (ours, a sibling OAuthClient's, the CLI's), which is no reason for an extra
+    exchange."""
+    identity = (
+        creds.client_id,
+        creds.client_secret,
+        creds.private_key,
+        creds.client_certificate,
+        creds.client_key,
+    )
+    material = "\0".join(v or "" for v in identity)
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -173,6 +195,11 @@ def output_secret(
             ISSUED_AT_ANNOTATION: rfc3339(token.issued_at),
             EXPIRES_AT_ANNOTATION: rfc3339(token.expires_at),
             SPEC_HASH_ANNOTATION: spec.spec_hash,
+            **(
+                {CLIENT_CERTIFICATE_ANNOTATION: spec.client_certificate}
+                if spec.client_certificate
+                else {}
+            ),
         },
         "ownerReferences": [
             {

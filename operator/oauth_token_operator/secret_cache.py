@@ -49,6 +49,10 @@ class CachedSecrets:
     def clear(self) -> None:
         self._bodies.clear()
 
+    def peek(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The kept body, if any, without a read (not a copy: do not edit it)."""
+        return self._bodies.get((namespace, name))
+
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         key = (namespace, name)
         if key in self._bodies:

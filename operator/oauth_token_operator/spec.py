@@ -26,6 +26,7 @@ OWNER_LABEL = f"{API_GROUP}/oauthclient"
 EXPIRES_AT_ANNOTATION = f"{API_GROUP}/expires-at"
 ISSUED_AT_ANNOTATION = f"{API_GROUP}/issued-at"
 SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+CLIENT_CERTIFICATE_ANNOTATION = f"{API_GROUP}/client-certificate-secret"
 
 # Parameters the operator sets itself; extraParams may not override them.
 RESERVED_PARAMS = frozenset(
@@ -68,7 +69,14 @@ class ClientAuth(StrEnum):
     BASIC = "client_secret_basic"
     POST = "client_secret_post"
     PRIVATE_KEY_JWT = "private_key_jwt"
+    # RFC 8705: the client certificate authenticates (PKI-issued, or registered self-signed).
+    TLS_CLIENT_AUTH = "tls_client_auth"
+    SELF_SIGNED_TLS_CLIENT_AUTH = "self_signed_tls_client_auth"
     NONE = "none"
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self in (ClientAuth.TLS_CLIENT_AUTH, ClientAuth.SELF_SIGNED_TLS_CLIENT_AUTH)
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,8 @@ class OAuthClientSpec:
     output: OutputSecret
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
     ca_bundle: tuple[str, str] | None = None  # (secret name, key)
+    # A kubernetes.io/tls Secret whose certificate the operator presents to the provider.
+    client_certificate: str | None = None
     # Not part of spec_hash: which pods to restart does not change the token.
     rollout_targets: tuple[RolloutTarget, ...] = ()
 
@@ -176,12 +186,20 @@ class OAuthClientSpec:
         names = {self.credentials.secret_name}
         if self.ca_bundle:
             names.add(self.ca_bundle[0])
+        if self.client_certificate:
+            names.add(self.client_certificate)
         return frozenset(names)
 
 
 def spec_hash(spec: OAuthClientSpec) -> str:
     material = json.dumps(
-        [repr(spec.request), repr(spec.credentials), repr(spec.output), repr(spec.ca_bundle)]
+        [
+            repr(spec.request),
+            repr(spec.credentials),
+            repr(spec.output),
+            repr(spec.ca_bundle),
+            repr(spec.client_certificate),
+        ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
@@ -376,7 +394,17 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         )
     _check_templates(output)
 
-    ca = (spec.get("tls") or {}).get("caBundleSecretRef")
+    tls = spec.get("tls") or {}
+    certificate_ref = tls.get("clientCertificateSecretRef") or {}
+    client_certificate = (
+        _str(certificate_ref, "name", "", "spec.tls.clientCertificateSecretRef") or None
+    )
+    if auth.mutual_tls and client_certificate is None:
+        raise SpecError(
+            f"clientAuthentication {auth.value} needs spec.tls.clientCertificateSecretRef "
+            "(a kubernetes.io/tls Secret with the client certificate)"
+        )
+    ca = tls.get("caBundleSecretRef")
     ca_bundle = None
     if ca:
         ca_bundle = (
@@ -401,5 +429,6 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         output=output,
         refresh=_refresh_policy(spec.get("refresh") or {}),
         ca_bundle=ca_bundle,
+        client_certificate=client_certificate,
         rollout_targets=_rollout_targets(spec.get("rolloutTargets")),
     )

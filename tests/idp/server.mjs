@@ -4,6 +4,8 @@
 //   {
 //     "port": 0,                      // 0 = pick a free port (the READY line tells which)
 //     "certFile": "...", "keyFile": "...",
+//     "clientCaFile": "...",           // optional: CA whose client certificates are verified
+//                                      // (tls_client_auth); any certificate may be presented
 //     "clients": [ ...oidc-provider client metadata, passed through... ],
 //     "accessTokenTTL": 3600,         // optional, seconds
 //     "refreshTokenTTL": 1209600      // optional, seconds
@@ -18,7 +20,7 @@
 //                           has processed the request (a rotation has happened, the answer is
 //                           on its way: the window in which a stopped client loses a grant)
 
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 
@@ -68,7 +70,17 @@ const stage = (what) => console.error(`stage: ${what} at ${Math.round(performanc
 const server = https.createServer({
   cert: readFileSync(config.certFile),
   key: readFileSync(config.keyFile),
+  // Mutual TLS (RFC 8705): ask every client for a certificate, accept connections without
+  // one or with an unverified one; the provider decides per client what it needs.
+  requestCert: true,
+  rejectUnauthorized: false,
+  ...(config.clientCaFile ? { ca: readFileSync(config.clientCaFile) } : {}),
 });
+
+function peerCertificate(ctx) {
+  const peer = ctx.socket.getPeerCertificate?.();
+  return peer?.raw ? new X509Certificate(peer.raw) : undefined;
+}
 
 await new Promise((resolve, reject) => {
   server.once('error', reject);
@@ -89,6 +101,15 @@ const provider = new Provider(issuer, {
     roles: ['roles'],
   },
   extraParams: ['sub_type'],
+  clientAuthMethods: [
+    'client_secret_basic',
+    'client_secret_jwt',
+    'client_secret_post',
+    'private_key_jwt',
+    'tls_client_auth',
+    'self_signed_tls_client_auth',
+    'none',
+  ],
   pkce: {
     // PKCE for everyone: the CLI always sends it, and public clients must (design).
     required: () => true,
@@ -96,6 +117,17 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
+    mTLS: {
+      enabled: true,
+      certificateBoundAccessTokens: true,
+      tlsClientAuth: true,
+      selfSignedTlsClientAuth: true,
+      getCertificate: peerCertificate,
+      certificateAuthorized: (ctx) => ctx.socket.authorized === true,
+      // The test clients register tls_client_auth_subject_dn only.
+      certificateSubjectMatches: (ctx, property, expected) =>
+        property === 'tls_client_auth_subject_dn' && peerCertificate(ctx)?.subject === expected,
+    },
     resourceIndicators: {
       enabled: true,
       // Without a resource, oidc-provider issues opaque tokens; the operator wants JWTs with exp.

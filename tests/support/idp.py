@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
 
-from tests.support.pki import TestCA
+from tests.support.pki import KeyPair, TestCA, jwk_with_certificate, self_signed
 from tests.support.service import Service
 
 IDP_DIR = Path(__file__).resolve().parent.parent / "idp"
@@ -44,6 +44,13 @@ CC_POST_SECRET = "cc-post-secret"
 RT_POST = "rt-post"
 RT_POST_SECRET = "rt-post-secret"
 RT_PUBLIC = "rt-public"
+# Mutual TLS (RFC 8705), with certificate-bound access tokens: a certificate from the test CA
+# with this subject, or one of the self-signed certificates registered below (two, so that a
+# test can rotate from one to the other).
+MTLS_PKI = "mtls-pki"
+MTLS_PKI_SUBJECT = "CN=mtls-pki"
+MTLS_SELF = "mtls-self"
+MTLS_SELF_CERTS: tuple[KeyPair, KeyPair] = (self_signed(MTLS_SELF), self_signed(MTLS_SELF))
 
 _READY_TIMEOUT = 60.0
 _STOP_TIMEOUT = 5.0
@@ -84,6 +91,26 @@ def default_clients() -> list[dict[str, Any]]:
             **login,
         },
         {"client_id": RT_PUBLIC, "token_endpoint_auth_method": "none", **login},
+        {
+            "client_id": MTLS_PKI,
+            "token_endpoint_auth_method": "tls_client_auth",
+            "tls_client_auth_subject_dn": MTLS_PKI_SUBJECT,
+            "tls_client_certificate_bound_access_tokens": True,
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": cc_scope,
+        },
+        {
+            "client_id": MTLS_SELF,
+            "token_endpoint_auth_method": "self_signed_tls_client_auth",
+            "jwks": {"keys": [jwk_with_certificate(p.cert_pem) for p in MTLS_SELF_CERTS]},
+            "tls_client_certificate_bound_access_tokens": True,
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": cc_scope,
+        },
     ]
 
 
@@ -168,10 +195,13 @@ class IdentityProvider(Service):
         _ensure_node_modules()
         self._workdir = Path(tempfile.mkdtemp(prefix="idp-"))
         cert, key = self._ca.server_cert(("127.0.0.1",)).write(self._workdir, "idp")
+        client_ca = self._workdir / "client-ca.crt"
+        client_ca.write_bytes(self._ca.cert_pem)
         config: dict[str, Any] = {
             "port": 0,  # the server picks a free port and reports it: no race with other tests
             "certFile": str(cert),
             "keyFile": str(key),
+            "clientCaFile": str(client_ca),
             "clients": self._clients,
             "accessTokenTTL": self._access_token_ttl,
         }

@@ -3,8 +3,11 @@ client certs for Kubernetes users (CN = user name, O = groups)."""
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from jwt.algorithms import ECAlgorithm
 
 _LIFETIME = datetime.timedelta(days=2)
 
@@ -37,6 +41,41 @@ class KeyPair:
         key.touch(mode=0o600)
         key.write_bytes(self.key_pem)
         return cert, key
+
+
+def self_signed(common_name: str) -> KeyPair:
+    """A self-signed client certificate (RFC 8705 self_signed_tls_client_auth)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _LIFETIME)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+
+
+def thumbprint(cert_pem: bytes) -> str:
+    """RFC 8705 x5t#S256: base64url SHA-256 of the DER certificate, as in `cnf`."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+
+
+def jwk_with_certificate(cert_pem: bytes) -> dict[str, object]:
+    """The certificate's public key as a JWK carrying the certificate (x5c), as a client
+    registers it for self_signed_tls_client_auth."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    jwk = json.loads(ECAlgorithm.to_jwk(key))
+    jwk["x5c"] = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+    return dict(jwk)
 
 
 class TestCA:

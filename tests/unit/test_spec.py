@@ -313,3 +313,14 @@ def test_what_would_corrupt_output_or_loop_is_refused(spec: dict[str, Any], mess
 def test_distinct_keys_and_empty_optional_keys_are_fine() -> None:
     out = parse(body(secret={"tokenTypeKey": "", "expiresAtKey": "", "idTokenKey": ""})).output
     assert out.access_token_key == "access_token"
+
+
+@pytest.mark.parametrize("auth", ["tls_client_auth", "self_signed_tls_client_auth"])
+def test_mutual_tls_needs_a_client_certificate_secret(auth: str) -> None:
+    with pytest.raises(SpecError, match=r"needs spec\.tls\.clientCertificateSecretRef"):
+        parse(body(clientAuthentication=auth))
+    spec = parse(
+        body(clientAuthentication=auth, tls={"clientCertificateSecretRef": {"name": "cert"}})
+    )
+    assert spec.request.client_auth.mutual_tls
+    assert "cert" in spec.secret_names_read()  # watched: a renewal triggers a run

@@ -22,6 +22,7 @@ from oauth_token_operator.oauth import (
     OAuthError,
     Outcome,
     TokenClient,
+    load_client_certificate,
 )
 from oauth_token_operator.refresh import Refresher
 from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, ObjectKey, TokenRequest
@@ -492,3 +493,66 @@ async def test_one_slow_provider_cannot_starve_other_clients(idp: FakeIdP) -> No
     for name in names[:2]:
         (condition,) = kube.statuses[ObjectKey(NS, name)]["conditions"]
         assert condition["reason"] == "ExchangeDeadlineExceeded"
+
+
+# --- client certificates (RFC 8705) -------------------------------------------------------
+
+
+async def test_the_mtls_alias_is_used_only_with_a_client_certificate(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    document = {
+        "issuer": idp.base,
+        "token_endpoint": idp.base + "/token",
+        "mtls_endpoint_aliases": {"token_endpoint": "https://mtls.example/token"},
+    }
+    idp.routes["GET", "/.well-known/openid-configuration"] = response(
+        200, json.dumps(document).encode()
+    )
+    assert await client.token_endpoint(discovered(idp)) == idp.base + "/token"
+    assert await client.token_endpoint(discovered(idp), None, True) == "https://mtls.example/token"
+    assert idp.count("GET", "/.well-known/openid-configuration") == 1
+
+
+async def test_a_client_certificate_is_never_presented_over_http(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    idp.routes["POST", "/token"] = response(200, token_json())
+    pair = TestCA().client_cert("mtls")
+    creds = Credentials("client-1", client_certificate=pair.cert_pem.decode(), client_key="k")
+    with pytest.raises(OAuthError) as err:
+        await client.exchange(direct(idp), creds, 3600.0)
+    assert err.value.reason == "EndpointNotAllowed"
+    assert idp.count("POST", "/token") == 0
+
+
+def test_a_certificate_and_key_that_do_not_match_need_a_person() -> None:
+    ca = TestCA()
+    pair, other = ca.client_cert("a"), ca.client_cert("b")
+    context = ssl.create_default_context()
+    load_client_certificate(context, pair.cert_pem.decode(), pair.key_pem.decode())  # loads
+    with pytest.raises(OAuthError) as err:
+        load_client_certificate(context, pair.cert_pem.decode(), other.key_pem.decode())
+    assert err.value.reason == "CredentialsInvalid"
+    assert "PRIVATE KEY" not in str(err.value)
+
+
+async def test_a_renewed_certificate_replaces_the_pool_of_the_old_one() -> None:
+    """Pools are per certificate; cert-manager renewing every client's certificate must not
+    leave a pool per renewal behind."""
+    ca = TestCA()
+    tokens = TokenClient(EndpointPolicy())
+    try:
+        for _ in range(3):
+            pair = ca.client_cert("mtls")
+            creds = Credentials(
+                "client-1",
+                client_certificate=pair.cert_pem.decode(),
+                client_key=pair.key_pem.decode(),
+            )
+            tokens._http(None, creds)
+        tokens._http(None)  # the plain pool (discovery) is another one
+        await asyncio.sleep(0)
+        assert len(tokens._clients) == 2
+    finally:
+        await tokens.aclose()
