@@ -11,10 +11,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from . import custody, metrics, reasons
+from .keyless import ServiceAccountAssertions
 from .kube import KubeError
 from .oauth import Credentials, OAuthError, Outcome, Token
 from .ports import ConfigMapAPI, SecretAPI, TokenAPI
@@ -137,11 +138,13 @@ class Exchanger:
         tokens: TokenAPI,
         holder: custody.Holder,
         clock: Callable[[], float] = time.time,
+        assertions: ServiceAccountAssertions | None = None,
     ) -> None:
         self.api = api
         self.tokens = tokens
         self.holder = holder
         self.clock = clock
+        self.assertions = assertions
         self._turns: dict[tuple[str, str], asyncio.Lock] = {}
         # The refresh token this process last wrote to each credentials Secret (fingerprint),
         # so that the watch event of our own write is not taken for someone else's.
@@ -164,6 +167,15 @@ class Exchanger:
                 del self._turns[turn]  # nobody waits: keep the table small
 
     async def _call(self, spec: OAuthClientSpec, creds: Credentials, ca_pem: str | None) -> Token:
+        if spec.service_account_token is not None:
+            if self.assertions is None:
+                raise OAuthError(
+                    Outcome.NEEDS_HUMAN,
+                    reasons.SERVICE_ACCOUNT_TOKEN_FAILED,
+                    "this command cannot mint ServiceAccount tokens",
+                )
+            # Minted for this request only: the token is dropped with `creds`.
+            creds = replace(creds, client_assertion=await self.assertions.mint(spec))
         started = time.monotonic()
         try:
             token = await self.tokens.exchange(

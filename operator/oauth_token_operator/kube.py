@@ -93,6 +93,8 @@ class Kube:
         self._core: Any = client.CoreV1Api(api)
         self._custom: Any = client.CustomObjectsApi(api)
         self._apps: Any = client.AppsV1Api(api)
+        self._authn: Any = client.AuthenticationV1Api(api)
+        self._well_known: Any = client.WellKnownApi(api)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None) -> Kube:
@@ -130,6 +132,53 @@ class Kube:
                 return None
             raise
         return body
+
+    async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await _json(
+                self._core.read_namespaced_service_account(name, namespace, _preload_content=False)
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return body
+
+    async def create_service_account_token(
+        self, namespace: str, name: str, audience: str, expiration_seconds: int
+    ) -> str:
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": expiration_seconds},
+        }
+        body = await _json(
+            self._core.create_namespaced_service_account_token(
+                name, namespace, request, _preload_content=False
+            )
+        )
+        return str((body.get("status") or {}).get("token") or "")
+
+    async def apiserver_accepts(self, token: str) -> bool:
+        review = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},  # no audiences: the apiserver's own
+        }
+        body = await _json(self._authn.create_token_review(review, _preload_content=False))
+        return bool((body.get("status") or {}).get("authenticated"))
+
+    async def service_account_issuer(self) -> str | None:
+        try:
+            body = await _json(
+                self._well_known.get_service_account_issuer_open_id_configuration(
+                    _preload_content=False
+                )
+            )
+        except KubeError:
+            return None
+        issuer = body.get("issuer")
+        return issuer if isinstance(issuer, str) else None
 
     def _workload_call(self, verb: str, kind: str) -> Any:
         plural = {"Deployment": "deployment", "StatefulSet": "stateful_set"}

@@ -88,10 +88,18 @@ class Credentials:
     # The client certificate (PEM) and its key, presented in the TLS handshake (RFC 8705).
     client_certificate: str | None = field(default=None, repr=False)
     client_key: str | None = field(default=None, repr=False)
+    # A ServiceAccount token minted for this one request (never stored).
+    client_assertion: str | None = field(default=None, repr=False)
 
     def secrets(self) -> tuple[str | None, ...]:
         """The values that must never appear in a message."""
-        return (self.client_secret, self.refresh_token, self.private_key, self.client_key)
+        return (
+            self.client_secret,
+            self.refresh_token,
+            self.private_key,
+            self.client_key,
+            self.client_assertion,
+        )
 
 
 @dataclass(frozen=True)
@@ -334,6 +342,13 @@ def client_authentication(
     elif auth is ClientAuth.PRIVATE_KEY_JWT:
         form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
         form["client_assertion"] = client_assertion(creds, token_endpoint, now)
+    elif auth is ClientAuth.SERVICE_ACCOUNT_TOKEN:
+        if not creds.client_assertion:
+            raise OAuthError(
+                Outcome.TRANSIENT, reasons.SERVICE_ACCOUNT_TOKEN_FAILED, "no ServiceAccount token"
+            )
+        form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        form["client_assertion"] = creds.client_assertion
     return form, headers
 
 
@@ -638,11 +653,12 @@ class TokenClient:
     ) -> Token:
         mutual_tls = bool(creds.client_certificate)
         url = await self.token_endpoint(request, ca_pem, mutual_tls)
-        if mutual_tls and not url.startswith("https://"):
+        if (mutual_tls or creds.client_assertion) and not url.startswith("https://"):
+            what = "a client certificate" if mutual_tls else "a ServiceAccount token"
             raise OAuthError(
                 Outcome.NEEDS_HUMAN,
                 reasons.ENDPOINT_NOT_ALLOWED,
-                f"{url}: a client certificate is only presented over https",
+                f"{url}: {what} is only presented over https",
             )
         now = self._clock()
         form, headers = build_form(request, creds, url, now)

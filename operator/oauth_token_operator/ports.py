@@ -38,6 +38,26 @@ class WorkloadAPI(Protocol):
         ...
 
 
+class ServiceAccountAPI(Protocol):
+    """ServiceAccounts and their tokens (TokenRequest, TokenReview)."""
+
+    async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def create_service_account_token(
+        self, namespace: str, name: str, audience: str, expiration_seconds: int
+    ) -> str:
+        """KubeError 404 if the ServiceAccount does not exist."""
+        ...
+
+    async def apiserver_accepts(self, token: str) -> bool:
+        """Whether the kube-apiserver itself authenticates the token (its own audiences)."""
+        ...
+
+    async def service_account_issuer(self) -> str | None:
+        """The issuer of ServiceAccount tokens (OIDC discovery); None if not readable."""
+        ...
+
+
 class StatusAPI(Protocol):
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None: ...
 
@@ -46,7 +66,7 @@ class StatusAPI(Protocol):
     ) -> None: ...
 
 
-class KubeAPI(SecretAPI, ConfigMapAPI, WorkloadAPI, StatusAPI, Protocol):
+class KubeAPI(SecretAPI, ConfigMapAPI, WorkloadAPI, ServiceAccountAPI, StatusAPI, Protocol):
     """Everything a run of the operator calls."""
 
 

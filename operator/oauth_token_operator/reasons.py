@@ -18,6 +18,12 @@ DISCOVERY_FAILED = "DiscoveryFailed"
 TLS_VERIFICATION_FAILED = "TLSVerificationFailed"  # the provider's certificate is not trusted
 TOKEN_TOO_SHORT_LIVED = "TokenTooShortLived"
 TEMPLATE_FAILED = "TemplateFailed"  # an output template names a missing value, or too much
+# clientAuthentication service_account_token: the ServiceAccount is missing, has not opted in
+# to the audience, or the audience is one the kube-apiserver accepts.
+SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+SERVICE_ACCOUNT_NOT_OPTED_IN = "ServiceAccountNotOptedIn"
+AUDIENCE_NOT_ALLOWED = "AudienceNotAllowed"
+SERVICE_ACCOUNT_TOKEN_FAILED = "ServiceAccountTokenFailed"  # TokenRequest refused or failed
 
 # The provider's answers (RFC 6749 5.2 error codes and HTTP failures).
 INVALID_CLIENT = "InvalidClient"

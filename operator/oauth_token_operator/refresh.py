@@ -17,6 +17,7 @@ from . import metrics, reasons, schedule, status
 from .config import Settings
 from .custody import Holder
 from .exchange import Exchanger
+from .keyless import ServiceAccountAssertions
 from .oauth import OAuthError
 from .ports import KubeAPI, TokenAPI
 from .rollout import Restarter
@@ -50,7 +51,8 @@ class Refresher:
         # Runs read Secrets from memory; the watch (secret_changed) keeps it current.
         self.secrets = CachedSecrets(kube, self._tracked)
         holder = holder or Holder(settings.identity)
-        self.exchanger = Exchanger(self.secrets, tokens, holder, clock)
+        assertions = ServiceAccountAssertions(kube)
+        self.exchanger = Exchanger(self.secrets, tokens, holder, clock, assertions)
         self.rollouts = Restarter(kube, kube)
         self.runner = Runner(
             self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts

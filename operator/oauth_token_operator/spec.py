@@ -51,6 +51,23 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A provider's token that lives shorter than this cannot be refreshed before it expires.
 MIN_DEFAULT_LIFETIME = 60.0
+# The ServiceAccount annotation that opts in: the audiences (comma-separated) for which the
+# operator may mint the ServiceAccount's tokens.
+SERVICE_ACCOUNT_AUDIENCES_ANNOTATION = f"{API_GROUP}/token-audiences"
+# Audiences a kube-apiserver accepts in common setups: never minted (the issuer and the
+# apiserver's own audiences are checked at run time too).
+KUBERNETES_AUDIENCES = frozenset(
+    {
+        "https://kubernetes.default.svc",
+        "https://kubernetes.default.svc.cluster.local",
+        "https://kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes",
+        "api",
+    }
+)
+# TokenRequest's floor; Keycloak and most providers refuse assertions living over an hour.
+SERVICE_ACCOUNT_TOKEN_SECONDS = (600, 3600)
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -72,6 +89,8 @@ class ClientAuth(StrEnum):
     # RFC 8705: the client certificate authenticates (PKI-issued, or registered self-signed).
     TLS_CLIENT_AUTH = "tls_client_auth"
     SELF_SIGNED_TLS_CLIENT_AUTH = "self_signed_tls_client_auth"
+    # RFC 7523 with a Kubernetes ServiceAccount token as the client assertion: no secret.
+    SERVICE_ACCOUNT_TOKEN = "service_account_token"
     NONE = "none"
 
     @property
@@ -163,6 +182,15 @@ class TokenRequest:
 
 
 @dataclass(frozen=True)
+class ServiceAccountToken:
+    """A token of a ServiceAccount in the client's own namespace, minted per exchange."""
+
+    name: str
+    audience: str
+    expiration_seconds: int = 600
+
+
+@dataclass(frozen=True)
 class OAuthClientSpec:
     key: ObjectKey
     uid: str
@@ -174,6 +202,7 @@ class OAuthClientSpec:
     ca_bundle: tuple[str, str] | None = None  # (secret name, key)
     # A kubernetes.io/tls Secret whose certificate the operator presents to the provider.
     client_certificate: str | None = None
+    service_account_token: ServiceAccountToken | None = None
     # Not part of spec_hash: which pods to restart does not change the token.
     rollout_targets: tuple[RolloutTarget, ...] = ()
 
@@ -199,6 +228,7 @@ def spec_hash(spec: OAuthClientSpec) -> str:
             repr(spec.output),
             repr(spec.ca_bundle),
             repr(spec.client_certificate),
+            repr(spec.service_account_token),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -325,6 +355,32 @@ def _rollout_targets(value: Any) -> tuple[RolloutTarget, ...]:
     return tuple(targets)
 
 
+def _service_account_token(value: Any, auth: ClientAuth) -> ServiceAccountToken | None:
+    path = "spec.serviceAccountToken"
+    if auth is not ClientAuth.SERVICE_ACCOUNT_TOKEN:
+        if value:
+            raise SpecError(f"{path} is used only with clientAuthentication service_account_token")
+        return None
+    if not isinstance(value, dict):
+        raise SpecError(f"clientAuthentication service_account_token needs {path}")
+    name = _str(value, "serviceAccountName", "", path)
+    if not _SECRET_NAME.match(name):
+        raise SpecError(
+            f"{path}.serviceAccountName {name!r} is not a ServiceAccount name (only one in the "
+            "OAuthClient's own namespace can be used)"
+        )
+    audience = _str(value, "audience", "", path)
+    if not audience:
+        raise SpecError(f"{path}.audience is required (the audience the provider expects)")
+    if audience in KUBERNETES_AUDIENCES:
+        raise SpecError(f"{path}.audience {audience!r} is one the Kubernetes API accepts")
+    seconds = value.get("expirationSeconds", 600)
+    low, high = SERVICE_ACCOUNT_TOKEN_SECONDS
+    if not isinstance(seconds, int) or not low <= seconds <= high:
+        raise SpecError(f"{path}.expirationSeconds must be an integer from {low} to {high}")
+    return ServiceAccountToken(name, audience, seconds)
+
+
 def parse(body: dict[str, Any]) -> OAuthClientSpec:
     """Turns an OAuthClient object (as a dict) into an OAuthClientSpec or raises SpecError."""
     meta = body.get("metadata") or {}
@@ -404,6 +460,15 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
             f"clientAuthentication {auth.value} needs spec.tls.clientCertificateSecretRef "
             "(a kubernetes.io/tls Secret with the client certificate)"
         )
+    service_account_token = _service_account_token(spec.get("serviceAccountToken"), auth)
+    endpoint = _endpoint(spec)
+    if service_account_token and not (endpoint.issuer or endpoint.token_endpoint or "").startswith(
+        "https://"
+    ):
+        raise SpecError(
+            "clientAuthentication service_account_token sends a Kubernetes identity: the "
+            "issuer or tokenEndpoint must be https"
+        )
     ca = tls.get("caBundleSecretRef")
     ca_bundle = None
     if ca:
@@ -417,7 +482,7 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation") or 0),
         request=TokenRequest(
-            endpoint=_endpoint(spec),
+            endpoint=endpoint,
             grant_type=grant,
             client_auth=auth,
             scopes=_string_list(spec.get("scopes"), "spec.scopes"),
@@ -430,5 +495,6 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         refresh=_refresh_policy(spec.get("refresh") or {}),
         ca_bundle=ca_bundle,
         client_certificate=client_certificate,
+        service_account_token=service_account_token,
         rollout_targets=_rollout_targets(spec.get("rolloutTargets")),
     )

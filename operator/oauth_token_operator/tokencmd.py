@@ -16,6 +16,7 @@ from typing import Any
 from . import reasons
 from .custody import ClaimHeld, Holder
 from .exchange import Exchanger, read_inputs
+from .keyless import ServiceAccountAssertions
 from .kube import Kube, default_namespace
 from .oauth import EndpointPolicy, OAuthError, TokenClient, jwt_claims
 from .rescue import keep_refresh_token
@@ -61,7 +62,9 @@ async def run(args: argparse.Namespace) -> int:
         spec = parse(body)
         # The operator's own path: the same inputs, the same refresh claim, the same custody
         # of a rotated refresh token.
-        exchanger = Exchanger(kube, tokens, Holder.for_cli())
+        exchanger = Exchanger(
+            kube, tokens, Holder.for_cli(), assertions=ServiceAccountAssertions(kube)
+        )
         deadline = time.monotonic() + CLAIM_WAIT
         while True:
             inputs = await read_inputs(kube, kube, spec)

@@ -307,7 +307,10 @@ class ControlPlane(Service):
             "--authorization-mode=RBAC",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
-            "--service-account-issuer=https://localhost",
+            # The issuer is where the apiserver serves its discovery document, so that a
+            # provider can fetch the JWKS from it (keyless client authentication).
+            f"--service-account-issuer={self._server}",
+            f"--service-account-jwks-uri={self._server}/openid/v1/jwks",
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",
         ]

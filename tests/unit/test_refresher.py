@@ -77,6 +77,10 @@ class FakeKube:
         # (namespace, kind, name) -> pod template annotations; patches as (kind, name, patch)
         self.workloads: dict[tuple[str, str, str], dict[str, str]] = {}
         self.workload_patches: list[tuple[str, str, dict[str, str]]] = []
+        # ServiceAccounts by (namespace, name); tokens minted as (namespace, name, audience)
+        self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.minted: list[tuple[str, str, str]] = []
+        self.apiserver_audiences = {"https://apiserver.example"}  # its issuer among them
         self._rv = 0
 
     def _next_rv(self) -> str:
@@ -102,6 +106,23 @@ class FakeKube:
         self.reads.append(f"configmap/{name}")
         body = self.config_maps.get((namespace, name))
         return copy.deepcopy(body) if body is not None else None
+
+    async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.service_accounts.get((namespace, name)))
+
+    async def create_service_account_token(
+        self, namespace: str, name: str, audience: str, expiration_seconds: int
+    ) -> str:
+        if (namespace, name) not in self.service_accounts:
+            raise KubeError(404, f"serviceaccounts {name!r} not found")
+        self.minted.append((namespace, name, audience))
+        return f"sa-token-{len(self.minted)}|{audience}"
+
+    async def apiserver_accepts(self, token: str) -> bool:
+        return token.split("|", 1)[1] in self.apiserver_audiences
+
+    async def service_account_issuer(self) -> str | None:
+        return "https://apiserver.example"
 
     async def get_pod_template_annotations(
         self, namespace: str, kind: str, name: str

@@ -88,6 +88,16 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
   resources: [deployments, statefulsets, daemonsets]
   verbs: [get, patch]
 {{- end }}
+{{- if .Values.serviceAccountTokens.enabled }}
+# clientAuthentication service_account_token: read a ServiceAccount's opt-in annotation and
+# mint its tokens (TokenRequest) for the audience its annotation lists.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
+{{- end }}
 # Events on OAuthClients (kopf posts core/v1 Events; events.k8s.io for newer clients).
 - apiGroups: [""]
   resources: [events]
@@ -101,6 +111,21 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
 Where a client on the same host reaches the listeners with hostNetwork: listenAddress unless
 it is a wildcard, else 127.0.0.1. Used by the probes and `helm test`.
 */}}
+{{/*
+Cluster-scoped rules for clientAuthentication service_account_token, in both modes: a
+TokenReview tells whether the kube-apiserver itself would accept a minted token (such a
+token is never sent), and the ServiceAccount issuer's discovery document names the issuer.
+*/}}
+{{- define "oauth-token-operator.serviceAccountTokenClusterRules" -}}
+{{- if .Values.serviceAccountTokens.enabled }}
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+- nonResourceURLs: [/.well-known/openid-configuration]
+  verbs: [get]
+{{- end }}
+{{- end -}}
+
 {{- define "oauth-token-operator.localHost" -}}
 {{- $address := .Values.listenAddress -}}
 {{- if and $address (not (has $address (list "0.0.0.0" "::"))) -}}

@@ -1,0 +1,199 @@
+"""Keyless client authentication against a real provider: the operator mints a token of a
+ServiceAccount (TokenRequest on the real apiserver) and Keycloak accepts it as the client
+assertion after checking it against the apiserver's own discovery document and JWKS. And
+what must never be minted: for a ServiceAccount that did not opt in, for an audience the
+apiserver accepts, for another namespace, towards a plain-http endpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import yaml
+
+from tests.helm import render_chart
+from tests.integration.test_operator import oauth_client
+from tests.support.cli import cli
+from tests.support.cluster import Cluster
+from tests.support.controlplane import ControlPlane
+from tests.support.keycloak import Keycloak
+from tests.support.operator_process import OperatorProcess
+from tests.support.pki import TestCA
+
+pytestmark = pytest.mark.integration
+
+AUDIENCES_ANNOTATION = "oauth-token-operator.dev/token-audiences"
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+@pytest.fixture(scope="module")
+def keycloak(control_plane: ControlPlane, test_ca: TestCA) -> Iterator[Keycloak]:
+    # A provider outside the cluster reads the issuer's discovery document and JWKS without
+    # credentials, as Kubernetes documents for ServiceAccount issuer discovery.
+    binding = "keyless-test-anonymous-issuer-discovery"
+    control_plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        binding,
+        "--clusterrole=system:service-account-issuer-discovery",
+        "--group=system:unauthenticated",
+    )
+    try:
+        with Keycloak(test_ca, control_plane.ca_pem, control_plane.server) as kc:
+            yield kc
+    finally:
+        control_plane.kubectl("delete", "clusterrolebinding", binding)
+
+
+def service_account(cluster: Cluster, name: str, audiences: str | None) -> None:
+    annotations = {AUDIENCES_ANNOTATION: audiences} if audiences is not None else {}
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": name, "annotations": annotations},
+        }
+    )
+
+
+def keyless_client(name: str, issuer: str, account: str, audience: str) -> dict[str, Any]:
+    return oauth_client(
+        name,
+        issuer,
+        f"{name}-id",
+        clientAuthentication="service_account_token",
+        serviceAccountToken={"serviceAccountName": account, "audience": audience},
+    )
+
+
+def tokens_minted(control_plane: ControlPlane) -> int:
+    """TokenRequests the apiserver answered (apiserver_request_total)."""
+    metrics = control_plane.kubectl("get", "--raw", "/metrics").stdout
+    pattern = re.compile(
+        r'^apiserver_request_total\{(?=[^}]*resource="serviceaccounts")'
+        r'(?=[^}]*subresource="token")(?=[^}]*verb="POST")[^}]*\} (\d+)',
+        re.M,
+    )
+    return sum(int(n) for n in pattern.findall(metrics))
+
+
+def test_a_service_account_token_authenticates_the_client_at_keycloak(
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    keycloak: Keycloak,
+    idp_ca_secret: str,
+    operator_process: OperatorProcess,
+) -> None:
+    client_id = f"keyless-{cluster.namespace}"
+    keycloak.add_client(client_id, cluster.namespace, "app")
+    service_account(cluster, "app", f"https://unrelated.example,{keycloak.issuer}")
+    cluster.create_secret("app-id", {"client_id": client_id})  # nothing secret in it
+    minted = tokens_minted(control_plane)
+    cluster.apply(keyless_client("app", keycloak.issuer, "app", keycloak.issuer))
+
+    cluster.wait_ready("app", timeout=60)
+
+    data = cluster.secret_data("app-token")
+    assert data is not None
+    claims = jwt.decode(data["access_token"], options={"verify_signature": False})
+    assert claims["azp"] == client_id
+    assert claims["iss"] == keycloak.issuer
+    assert tokens_minted(control_plane) > minted  # counted where the other test counts none
+
+    # The `token` command takes the same path (as whoever runs it, here the admin).
+    result = cli(cluster, "token", "app", "-n", cluster.namespace)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr)["claims"]["azp"] == client_id
+    assert "eyJ" not in result.stderr
+    # Neither the ServiceAccount token nor any other JWT is ever logged.
+    assert "eyJ" not in operator_process.logs()
+
+
+def test_the_charts_rbac_with_service_account_tokens_enabled_is_enough(
+    cluster: Cluster, keycloak: Keycloak, idp_ca_secret: str, tmp_path: Path
+) -> None:
+    """The operator as the chart's ServiceAccount, namespaced mode: it may read the
+    ServiceAccount, mint its token and review it, and nothing more is needed."""
+    release_ns = "kl" + cluster.namespace[1:]
+    cluster.kubectl("create", "namespace", release_ns)
+    docs = render_chart(
+        "otokl",
+        release_ns,
+        f"watchNamespaces={{{cluster.namespace}}}",
+        "serviceAccountTokens.enabled=true",
+    )
+    rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    kubeconfig = cluster.cp.user_kubeconfig(
+        f"system:serviceaccount:{release_ns}:{account}",
+        ("system:serviceaccounts", f"system:serviceaccounts:{release_ns}"),
+    )
+    client_id = f"rbac-{cluster.namespace}"
+    keycloak.add_client(client_id, cluster.namespace, "app")
+    service_account(cluster, "app", keycloak.issuer)
+    cluster.create_secret("app-id", {"client_id": client_id})
+    cluster.apply(keyless_client("app", keycloak.issuer, "app", keycloak.issuer))
+    try:
+        with OperatorProcess(kubeconfig, cluster.namespace, tmp_path / "op.log") as operator:
+            cluster.wait_ready("app", timeout=60)
+            logs = operator.logs()
+    finally:
+        cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+    assert "403" not in logs and "Forbidden" not in logs, logs[-3000:]
+
+
+def test_nothing_is_minted_without_opt_in_or_for_the_apiserver(
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    keycloak: Keycloak,
+    idp_ca_secret: str,
+    operator_process: OperatorProcess,
+) -> None:
+    service_account(cluster, "silent", None)
+    service_account(cluster, "other-provider", "https://unrelated.example")
+    service_account(cluster, "api", control_plane.server)  # opted in, but to the apiserver
+    cluster.create_secret("x-id", {"client_id": "x"})
+    before = tokens_minted(control_plane)
+    cases = {
+        "silent": ("silent", keycloak.issuer, "ServiceAccountNotOptedIn"),
+        "other": ("other-provider", keycloak.issuer, "ServiceAccountNotOptedIn"),
+        "missing": ("nobody", keycloak.issuer, "ServiceAccountNotFound"),
+        "api": ("api", control_plane.server, "AudienceNotAllowed"),
+    }
+    for name, (account, audience, _) in cases.items():
+        client = keyless_client(name, keycloak.issuer, account, audience)
+        client["spec"]["credentialsSecretRef"]["name"] = "x-id"
+        cluster.apply(client)
+
+    for name, (_, _, reason) in cases.items():
+        condition = cluster.wait_not_ready(name)
+        assert condition["reason"] == reason, condition
+    assert tokens_minted(control_plane) == before
+    assert "not opted in" in cluster.ready("silent")["message"]  # type: ignore[index]
+
+
+def test_admission_refuses_other_namespaces_apiserver_audiences_and_http(
+    cluster: Cluster,
+) -> None:
+    def refused(**token: Any) -> str:
+        client = keyless_client("a", "https://idp.example", "app", "https://idp.example")
+        client["spec"]["serviceAccountToken"].update(token)
+        client["metadata"]["namespace"] = cluster.namespace
+        result = cluster.kubectl("apply", "-f", "-", input=json.dumps(client), check=False)
+        assert result.returncode != 0
+        return str(result.stderr)
+
+    assert "own namespace" in refused(serviceAccountName="kube-system/default")
+    assert "own namespace" in refused(serviceAccountName="system:serviceaccount:x:y")
+    assert "Kubernetes API accepts" in refused(audience="https://kubernetes.default.svc")
+    assert "600" in refused(expirationSeconds=60)
+    plain = keyless_client("b", "http://idp.example", "app", "https://idp.example")
+    plain["metadata"]["namespace"] = cluster.namespace
+    result = cluster.kubectl("apply", "-f", "-", input=json.dumps(plain), check=False)
+    assert result.returncode != 0 and "only sent over https" in result.stderr

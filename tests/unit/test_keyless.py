@@ -1,0 +1,117 @@
+"""clientAuthentication service_account_token: what is minted, for whom, and what is refused
+(over the fake Kubernetes API; the real apiserver and Keycloak are in
+tests/integration/test_keyless.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from oauth_token_operator import reasons
+from oauth_token_operator.spec import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, SpecError, parse
+from tests.unit.test_refresher import KEY, NS, OUTPUT_SECRET, World, client_body
+
+AUDIENCE = "https://idp.example.com/realms/apps"
+
+
+def keyless(**token: Any) -> dict[str, Any]:
+    return {
+        "clientAuthentication": "service_account_token",
+        "serviceAccountToken": {"serviceAccountName": "app", "audience": AUDIENCE, **token},
+    }
+
+
+def world(audiences: str | None = AUDIENCE, **token: Any) -> World:
+    w = World()
+    if audiences is not None:
+        annotations = {SERVICE_ACCOUNT_AUDIENCES_ANNOTATION: audiences}
+        w.kube.service_accounts[NS, "app"] = {
+            "metadata": {"name": "app", "namespace": NS, "annotations": annotations}
+        }
+    spec = keyless(**token)
+    w.body = lambda **_: client_body(w.grant, **spec)  # type: ignore[method-assign]
+    return w
+
+
+async def test_a_fresh_token_of_the_service_account_is_the_client_assertion() -> None:
+    w = world(audiences=f"https://other.example, {AUDIENCE}")
+    await w.start()
+
+    assert w.kube.minted == [(NS, "app", AUDIENCE)]
+    (call,) = w.tokens.calls
+    assert call.client_assertion == f"sa-token-1|{AUDIENCE}"
+    assert call.client_secret is None
+    assert w.kube.ready()["status"] == "True"
+    assert "sa-token" not in repr(call) and "sa-token" not in str(w.kube.secrets[NS, OUTPUT_SECRET])
+
+    w.clock.now += 3600
+    await w.refresher._run(KEY)
+    assert [c.client_assertion for c in w.tokens.calls][1] == f"sa-token-2|{AUDIENCE}"
+
+
+@pytest.mark.parametrize(
+    ("audiences", "reason"),
+    [
+        (None, reasons.SERVICE_ACCOUNT_NOT_FOUND),
+        ("", reasons.SERVICE_ACCOUNT_NOT_OPTED_IN),
+        ("https://other.example", reasons.SERVICE_ACCOUNT_NOT_OPTED_IN),
+    ],
+)
+async def test_nothing_is_minted_for_a_service_account_that_did_not_opt_in(
+    audiences: str | None, reason: str
+) -> None:
+    w = world(audiences=audiences)
+    await w.start()
+
+    assert w.kube.minted == [] and w.tokens.calls == []
+    condition = w.kube.ready()
+    assert condition["status"] == "False" and condition["reason"] == reason
+    assert "app" in condition["message"]
+
+
+async def test_the_clusters_issuer_is_refused_before_minting() -> None:
+    w = world(audiences="https://apiserver.example/", audience="https://apiserver.example/")
+    await w.start()
+
+    assert w.kube.minted == [] and w.tokens.calls == []
+    assert w.kube.ready()["reason"] == reasons.AUDIENCE_NOT_ALLOWED
+
+
+async def test_a_token_the_apiserver_accepts_is_never_sent() -> None:
+    """An apiserver configured with --api-audiences beyond its issuer."""
+    w = world()
+    w.kube.apiserver_audiences.add(AUDIENCE)
+    await w.start()
+
+    assert w.kube.minted == [(NS, "app", AUDIENCE)]  # minted to be reviewed, then dropped
+    assert w.tokens.calls == []
+    condition = w.kube.ready()
+    assert condition["reason"] == reasons.AUDIENCE_NOT_ALLOWED
+    assert "sa-token" not in str(w.kube.statuses) + str(w.kube.events)
+
+
+@pytest.mark.parametrize(
+    ("token", "endpoint", "error"),
+    [
+        ({"audience": "https://kubernetes.default.svc"}, None, "Kubernetes API accepts"),
+        ({"serviceAccountName": "other-ns/app"}, None, "own namespace"),
+        ({"expirationSeconds": 60}, None, "from 600 to 3600"),
+        ({}, "http://idp.example.com/token", "must be https"),
+    ],
+)
+def test_the_spec_refuses_what_could_leak_a_kubernetes_identity(
+    token: dict[str, Any], endpoint: str | None, error: str
+) -> None:
+    spec = client_body(**keyless(**token))
+    if endpoint:
+        spec["spec"]["tokenEndpoint"] = endpoint
+    with pytest.raises(SpecError, match=error):
+        parse(spec)
+
+
+def test_service_account_token_settings_need_that_authentication() -> None:
+    body = client_body(**keyless())
+    body["spec"]["clientAuthentication"] = "client_secret_post"
+    with pytest.raises(SpecError, match="only with clientAuthentication service_account_token"):
+        parse(body)
