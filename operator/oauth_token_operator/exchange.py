@@ -25,7 +25,7 @@ from .secret_bodies import (
     refresh_fingerprint,
     template_values,
 )
-from .spec import GrantType, OAuthClientSpec
+from .spec import GrantType, OAuthClientSpec, ServiceAccountToken
 from .wire import decode_data
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,17 @@ async def read_inputs(
                 f"client certificate Secret {spec.client_certificate} not found in {ns}",
             )
     creds = credentials_from(spec, secret, tls_secret)
+    if spec.subject_secret:
+        subject_name, subject_key = spec.subject_secret
+        subject = decode_data(await api.get_secret(ns, subject_name)).get(subject_key, "").strip()
+        if not subject:
+            raise OAuthError(
+                Outcome.TRANSIENT,  # watched: a new subject token triggers a run
+                reasons.CREDENTIALS_NOT_FOUND,
+                f"Secret {subject_name} not found or has no key {subject_key!r} (the subject "
+                "token of spec.tokenExchange)",
+            )
+        creds = replace(creds, subject_token=subject)
     ca_pem = None
     if spec.ca_bundle:
         ca_name, ca_key = spec.ca_bundle
@@ -167,15 +178,13 @@ class Exchanger:
                 del self._turns[turn]  # nobody waits: keep the table small
 
     async def _call(self, spec: OAuthClientSpec, creds: Credentials, ca_pem: str | None) -> Token:
+        # ServiceAccount tokens are minted for this request only and dropped with `creds`.
         if spec.service_account_token is not None:
-            if self.assertions is None:
-                raise OAuthError(
-                    Outcome.NEEDS_HUMAN,
-                    reasons.SERVICE_ACCOUNT_TOKEN_FAILED,
-                    "this command cannot mint ServiceAccount tokens",
-                )
-            # Minted for this request only: the token is dropped with `creds`.
-            creds = replace(creds, client_assertion=await self.assertions.mint(spec))
+            assertion = await self._mint(spec.key.namespace, spec.service_account_token)
+            creds = replace(creds, client_assertion=assertion)
+        if spec.subject_service_account is not None:
+            subject = await self._mint(spec.key.namespace, spec.subject_service_account)
+            creds = replace(creds, subject_token=subject)
         started = time.monotonic()
         try:
             token = await self.tokens.exchange(
@@ -191,6 +200,15 @@ class Exchanger:
         metrics.EXCHANGE_SECONDS.labels("success").observe(time.monotonic() - started)
         metrics.EXCHANGES.labels("success").inc()
         return token
+
+    async def _mint(self, namespace: str, wanted: ServiceAccountToken) -> str:
+        if self.assertions is None:
+            raise OAuthError(
+                Outcome.NEEDS_HUMAN,
+                reasons.SERVICE_ACCOUNT_TOKEN_FAILED,
+                "this command cannot mint ServiceAccount tokens",
+            )
+        return await self.assertions.mint(namespace, wanted)
 
     async def _refresh(self, spec: OAuthClientSpec, inputs: Inputs) -> Exchanged:
         secret, abandoned = await custody.take_claim(

@@ -1,6 +1,7 @@
 """Keyless client authentication: a Kubernetes ServiceAccount token as the RFC 7523 client
-assertion (`clientAuthentication: service_account_token`). The provider trusts the cluster's
-ServiceAccount issuer; no secret is stored anywhere.
+assertion (`clientAuthentication: service_account_token`) or as the RFC 8693 subject token
+(`grantType: token_exchange`). The provider trusts the cluster's ServiceAccount issuer; no
+secret is stored anywhere.
 
 Whoever may create an OAuthClient must not gain more than they could already do, so a token
 is minted only when
@@ -23,7 +24,7 @@ from . import reasons
 from .kube import KubeError
 from .oauth import OAuthError, Outcome
 from .ports import ServiceAccountAPI
-from .spec import KUBERNETES_AUDIENCES, SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, OAuthClientSpec
+from .spec import KUBERNETES_AUDIENCES, SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, ServiceAccountToken
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,8 @@ class ServiceAccountAssertions:
         # cluster's configuration, so asked once per process.
         self._not_the_apiservers: set[str] = set()
 
-    async def mint(self, spec: OAuthClientSpec) -> str:
-        wanted = spec.service_account_token
-        assert wanted is not None
-        ns, name, audience = spec.key.namespace, wanted.name, wanted.audience
+    async def mint(self, namespace: str, wanted: ServiceAccountToken) -> str:
+        ns, name, audience = namespace, wanted.name, wanted.audience
         try:
             account = await self.api.get_service_account(ns, name)
             if account is None:
@@ -99,7 +98,7 @@ def _apiserver_audience(audience: str, why: str) -> OAuthError:
     return OAuthError(
         Outcome.NEEDS_HUMAN,
         reasons.AUDIENCE_NOT_ALLOWED,
-        f"spec.serviceAccountToken.audience {audience!r} is {why}: such a token would let "
+        f"the ServiceAccount token audience {audience!r} is {why}: such a token would let "
         "whoever reads it act as the ServiceAccount in the cluster; use the audience the "
         "provider expects",
     )

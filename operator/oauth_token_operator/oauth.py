@@ -90,6 +90,8 @@ class Credentials:
     client_key: str | None = field(default=None, repr=False)
     # A ServiceAccount token minted for this one request (never stored).
     client_assertion: str | None = field(default=None, repr=False)
+    # The RFC 8693 subject token (grant token_exchange).
+    subject_token: str | None = field(default=None, repr=False)
 
     def secrets(self) -> tuple[str | None, ...]:
         """The values that must never appear in a message."""
@@ -99,6 +101,7 @@ class Credentials:
             self.private_key,
             self.client_key,
             self.client_assertion,
+            self.subject_token,
         )
 
 
@@ -306,11 +309,18 @@ def build_form(
 ) -> tuple[dict[str, str | list[str]], dict[str, str]]:
     """The form fields and headers of a token request."""
     form: dict[str, str | list[str]] = dict(request.extra_params)
-    form["grant_type"] = request.grant_type.value
+    form["grant_type"] = request.grant_type.wire
     if request.grant_type is GrantType.REFRESH_TOKEN:
         if not creds.refresh_token:
             raise OAuthError(Outcome.NEEDS_HUMAN, reasons.CREDENTIALS_INVALID, "no refresh token")
         form["refresh_token"] = creds.refresh_token
+    elif request.grant_type is GrantType.TOKEN_EXCHANGE:
+        if not creds.subject_token or not request.subject_token_type:
+            raise OAuthError(Outcome.NEEDS_HUMAN, reasons.CREDENTIALS_INVALID, "no subject token")
+        form["subject_token"] = creds.subject_token
+        form["subject_token_type"] = request.subject_token_type
+        if request.requested_token_type:
+            form["requested_token_type"] = request.requested_token_type
     if request.scopes:
         form["scope"] = " ".join(request.scopes)
     if request.audience:

@@ -40,6 +40,9 @@ RESERVED_PARAMS = frozenset(
         "resource",
         "client_assertion",
         "client_assertion_type",
+        "subject_token",
+        "subject_token_type",
+        "requested_token_type",
     }
 )
 
@@ -80,6 +83,18 @@ class SpecError(ValueError):
 class GrantType(StrEnum):
     CLIENT_CREDENTIALS = "client_credentials"
     REFRESH_TOKEN = "refresh_token"
+    TOKEN_EXCHANGE = "token_exchange"  # RFC 8693
+
+    @property
+    def wire(self) -> str:
+        """The grant_type parameter."""
+        if self is GrantType.TOKEN_EXCHANGE:
+            return "urn:ietf:params:oauth:grant-type:token-exchange"
+        return self.value
+
+
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 
 class ClientAuth(StrEnum):
@@ -179,6 +194,9 @@ class TokenRequest:
     audience: str | None = None
     resources: tuple[str, ...] = ()
     extra_params: tuple[tuple[str, str], ...] = ()
+    # RFC 8693 (grant token_exchange): the subject token's type, the type asked for.
+    subject_token_type: str | None = None
+    requested_token_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +221,10 @@ class OAuthClientSpec:
     # A kubernetes.io/tls Secret whose certificate the operator presents to the provider.
     client_certificate: str | None = None
     service_account_token: ServiceAccountToken | None = None
+    # grant token_exchange: where the subject token comes from, a Secret key (name, key) or
+    # a ServiceAccount token minted per exchange.
+    subject_secret: tuple[str, str] | None = None
+    subject_service_account: ServiceAccountToken | None = None
     # Not part of spec_hash: which pods to restart does not change the token.
     rollout_targets: tuple[RolloutTarget, ...] = ()
 
@@ -217,6 +239,8 @@ class OAuthClientSpec:
             names.add(self.ca_bundle[0])
         if self.client_certificate:
             names.add(self.client_certificate)
+        if self.subject_secret:
+            names.add(self.subject_secret[0])
         return frozenset(names)
 
 
@@ -229,6 +253,8 @@ def spec_hash(spec: OAuthClientSpec) -> str:
             repr(spec.ca_bundle),
             repr(spec.client_certificate),
             repr(spec.service_account_token),
+            repr(spec.subject_secret),
+            repr(spec.subject_service_account),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -363,6 +389,51 @@ def _service_account_token(value: Any, auth: ClientAuth) -> ServiceAccountToken 
         return None
     if not isinstance(value, dict):
         raise SpecError(f"clientAuthentication service_account_token needs {path}")
+    return _service_account(value, path)
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    secret: tuple[str, str] | None
+    service_account: ServiceAccountToken | None
+    subject_token_type: str | None
+    requested_token_type: str | None
+
+
+def _token_exchange(value: Any, grant: GrantType) -> _Exchange:
+    path = "spec.tokenExchange"
+    if grant is not GrantType.TOKEN_EXCHANGE:
+        if value:
+            raise SpecError(f"{path} is used only with grantType token_exchange")
+        return _Exchange(None, None, None, None)
+    if not isinstance(value, dict) or not isinstance(value.get("subjectToken"), dict):
+        raise SpecError(f"grantType token_exchange needs {path}.subjectToken")
+    subject = value["subjectToken"]
+    ref, account = subject.get("secretKeyRef"), subject.get("serviceAccountToken")
+    if bool(ref) == bool(account):
+        raise SpecError(
+            f"{path}.subjectToken: set exactly one of secretKeyRef and serviceAccountToken"
+        )
+    secret = service_account = None
+    if ref:
+        where = f"{path}.subjectToken.secretKeyRef"
+        secret = (_str(ref, "name", "", where), _str(ref, "key", "", where))
+        if not secret[0] or not secret[1]:
+            raise SpecError(f"{where} needs name and key")
+    else:
+        service_account = _service_account(account, f"{path}.subjectToken.serviceAccountToken")
+    default_type = JWT_TOKEN_TYPE if service_account else ACCESS_TOKEN_TYPE
+    return _Exchange(
+        secret,
+        service_account,
+        _str(value, "subjectTokenType", default_type, path) or default_type,
+        _str(value, "requestedTokenType", "", path) or None,
+    )
+
+
+def _service_account(value: Any, path: str) -> ServiceAccountToken:
+    if not isinstance(value, dict):
+        raise SpecError(f"{path} must be an object")
     name = _str(value, "serviceAccountName", "", path)
     if not _SECRET_NAME.match(name):
         raise SpecError(
@@ -461,12 +532,13 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
             "(a kubernetes.io/tls Secret with the client certificate)"
         )
     service_account_token = _service_account_token(spec.get("serviceAccountToken"), auth)
+    exchange = _token_exchange(spec.get("tokenExchange"), grant)
     endpoint = _endpoint(spec)
-    if service_account_token and not (endpoint.issuer or endpoint.token_endpoint or "").startswith(
-        "https://"
-    ):
+    if (service_account_token or exchange.service_account) and not (
+        endpoint.issuer or endpoint.token_endpoint or ""
+    ).startswith("https://"):
         raise SpecError(
-            "clientAuthentication service_account_token sends a Kubernetes identity: the "
+            "a ServiceAccount token is a Kubernetes identity: the "
             "issuer or tokenEndpoint must be https"
         )
     ca = tls.get("caBundleSecretRef")
@@ -489,6 +561,8 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
             audience=audience or None,
             resources=_string_list(spec.get("resource"), "spec.resource"),
             extra_params=extra,
+            subject_token_type=exchange.subject_token_type,
+            requested_token_type=exchange.requested_token_type,
         ),
         credentials=credentials,
         output=output,
@@ -496,5 +570,7 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         ca_bundle=ca_bundle,
         client_certificate=client_certificate,
         service_account_token=service_account_token,
+        subject_secret=exchange.secret,
+        subject_service_account=exchange.service_account,
         rollout_targets=_rollout_targets(spec.get("rolloutTargets")),
     )

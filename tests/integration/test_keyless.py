@@ -19,7 +19,7 @@ import yaml
 from tests.helm import render_chart
 from tests.integration.test_operator import oauth_client
 from tests.support.cli import cli
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.keycloak import Keycloak
 from tests.support.operator_process import OperatorProcess
@@ -197,3 +197,56 @@ def test_admission_refuses_other_namespaces_apiserver_audiences_and_http(
     plain["metadata"]["namespace"] = cluster.namespace
     result = cluster.kubectl("apply", "-f", "-", input=json.dumps(plain), check=False)
     assert result.returncode != 0 and "only sent over https" in result.stderr
+
+
+def test_token_exchange_at_keycloak_follows_the_subject_token_in_its_secret(
+    cluster: Cluster,
+    keycloak: Keycloak,
+    idp_ca_secret: str,
+    operator_process: OperatorProcess,
+) -> None:
+    """RFC 8693 with Keycloak's standard token exchange: the subject token comes from a
+    Secret; a new subject token there gets a token for the new subject within seconds."""
+    ns = cluster.namespace
+    requester, subjects = f"exchanger-{ns}", (f"alice-{ns}", f"bob-{ns}")
+    keycloak.add_secret_client(requester, "requester-secret", token_exchange=True)
+    for subject in subjects:
+        keycloak.add_secret_client(subject, f"{subject}-secret", audience_for=requester)
+    alice, bob = (keycloak.client_credentials_token(s, f"{s}-secret") for s in subjects)
+    cluster.create_secret(
+        "requester", {"client_id": requester, "client_secret": "requester-secret"}
+    )
+    cluster.create_secret("subject", {"token": alice})
+    client = oauth_client(
+        "exchanged",
+        keycloak.issuer,
+        "requester",
+        grantType="token_exchange",
+        tokenExchange={"subjectToken": {"secretKeyRef": {"name": "subject", "key": "token"}}},
+    )
+    cluster.apply(client)
+
+    cluster.wait_ready("exchanged", timeout=60)
+
+    def issued() -> dict[str, Any]:
+        data = cluster.secret_data("exchanged-token") or {}
+        return dict(jwt.decode(data["access_token"], options={"verify_signature": False}))
+
+    def sub(token: str) -> str:
+        return str(jwt.decode(token, options={"verify_signature": False})["sub"])
+
+    first = issued()
+    assert first["azp"] == requester and first["sub"] == sub(alice)
+
+    cluster.create_secret("subject", {"token": bob})  # replaced
+    eventually(lambda: issued()["sub"] == sub(bob), timeout=20, what="a token for bob")
+    assert "eyJ" not in operator_process.logs()
+
+
+@pytest.mark.parametrize("example", ["keyless.yaml", "token-exchange.yaml"])
+def test_the_examples_pass_admission(cluster: Cluster, example: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / example
+    result = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", cluster.namespace, "-f", str(path), check=False
+    )
+    assert result.returncode == 0, result.stderr

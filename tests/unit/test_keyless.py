@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from oauth_token_operator import reasons
-from oauth_token_operator.spec import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, SpecError, parse
+from oauth_token_operator.oauth import Credentials, build_form
+from oauth_token_operator.spec import (
+    ACCESS_TOKEN_TYPE,
+    SERVICE_ACCOUNT_AUDIENCES_ANNOTATION,
+    SpecError,
+    parse,
+)
 from tests.unit.test_refresher import KEY, NS, OUTPUT_SECRET, World, client_body
 
 AUDIENCE = "https://idp.example.com/realms/apps"
@@ -114,4 +120,72 @@ def test_service_account_token_settings_need_that_authentication() -> None:
     body = client_body(**keyless())
     body["spec"]["clientAuthentication"] = "client_secret_post"
     with pytest.raises(SpecError, match="only with clientAuthentication service_account_token"):
+        parse(body)
+
+
+# --- token exchange (RFC 8693) ---------------------------------------------------------------
+
+
+def exchange_body(subject: dict[str, Any], **more: Any) -> dict[str, Any]:
+    body = client_body("token_exchange", tokenExchange={"subjectToken": subject, **more})
+    body["spec"]["audience"] = "billing"
+    return body
+
+
+def test_token_exchange_sends_the_subject_token_from_a_secret() -> None:
+    spec = parse(exchange_body({"secretKeyRef": {"name": "user", "key": "token"}}))
+    creds = Credentials("id-1", client_secret="s", subject_token="subject-1")
+
+    form, _ = build_form(spec.request, creds, "https://idp.example.com/token", 0)
+
+    assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:token-exchange"
+    assert form["subject_token"] == "subject-1"
+    assert form["subject_token_type"] == ACCESS_TOKEN_TYPE
+    assert form["audience"] == "billing"
+    assert "requested_token_type" not in form
+    assert "user" in spec.secret_names_read()  # watched: a new subject token is picked up
+
+
+async def test_token_exchange_with_a_service_account_subject_mints_one_per_exchange() -> None:
+    w = World(grant="client_credentials")
+    w.kube.service_accounts[NS, "app"] = {
+        "metadata": {"annotations": {SERVICE_ACCOUNT_AUDIENCES_ANNOTATION: AUDIENCE}}
+    }
+    subject = {"serviceAccountToken": {"serviceAccountName": "app", "audience": AUDIENCE}}
+    body = exchange_body(subject, requestedTokenType="urn:example:type")
+    body["spec"]["clientAuthentication"] = "client_secret_post"
+    w.body = lambda **_: body  # type: ignore[method-assign]
+    spec = parse(body)
+    assert spec.request.subject_token_type == "urn:ietf:params:oauth:token-type:jwt"
+    assert spec.request.requested_token_type == "urn:example:type"
+
+    await w.start()
+
+    (call,) = w.tokens.calls
+    assert call.subject_token == f"sa-token-1|{AUDIENCE}" and call.client_secret == "secret-1"
+    assert w.kube.ready()["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (exchange_body({}), "exactly one of secretKeyRef and serviceAccountToken"),
+        (
+            exchange_body(
+                {
+                    "secretKeyRef": {"name": "a", "key": "b"},
+                    "serviceAccountToken": {"serviceAccountName": "x", "audience": "y"},
+                }
+            ),
+            "exactly one",
+        ),
+        (client_body("token_exchange"), "needs spec.tokenExchange.subjectToken"),
+        (
+            client_body(tokenExchange={"subjectToken": {"secretKeyRef": {}}}),
+            "only with grantType token_exchange",
+        ),
+    ],
+)
+def test_token_exchange_spec_errors(body: dict[str, Any], error: str) -> None:
+    with pytest.raises(SpecError, match=error):
         parse(body)
