@@ -68,7 +68,8 @@ async def read_inputs(
     meanwhile. The templates are tried before any exchange: one that cannot render must not
     cost a token request (or a refresh token's rotation)."""
     ns, name = spec.key.namespace, spec.credentials.secret_name
-    secret = await api.get_secret(ns, name)
+    # No credentials Secret with spec.clientId: nothing to read.
+    secret = await api.get_secret(ns, name) if name else {}
     if secret is None:
         raise OAuthError(
             Outcome.NEEDS_HUMAN,

@@ -52,7 +52,7 @@ def credentials_from(
             )
         return value
 
-    client_id = need(keys.client_id, "the client ID")
+    client_id = spec.client_id or need(keys.client_id, "the client ID")
     secret_value = refresh_token = private_key = None
     if request.client_auth in (ClientAuth.BASIC, ClientAuth.POST):
         secret_value = need(keys.client_secret, f"needed by {request.client_auth.value}")

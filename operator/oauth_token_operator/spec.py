@@ -113,6 +113,16 @@ class ClientAuth(StrEnum):
         return self in (ClientAuth.TLS_CLIENT_AUTH, ClientAuth.SELF_SIGNED_TLS_CLIENT_AUTH)
 
 
+# Methods whose credential is not in the credentials Secret: spec.clientId may replace it.
+SECRETLESS_AUTH = frozenset(
+    {
+        ClientAuth.SERVICE_ACCOUNT_TOKEN,
+        ClientAuth.TLS_CLIENT_AUTH,
+        ClientAuth.SELF_SIGNED_TLS_CLIENT_AUTH,
+    }
+)
+
+
 @dataclass(frozen=True)
 class ObjectKey:
     namespace: str
@@ -221,6 +231,9 @@ class OAuthClientSpec:
     # A kubernetes.io/tls Secret whose certificate the operator presents to the provider.
     client_certificate: str | None = None
     service_account_token: ServiceAccountToken | None = None
+    # The client ID given in the spec (spec.clientId), for methods without a secret: then
+    # there is no credentials Secret (credentials.secret_name is "").
+    client_id: str | None = None
     # grant token_exchange: where the subject token comes from, a Secret key (name, key) or
     # a ServiceAccount token minted per exchange.
     subject_secret: tuple[str, str] | None = None
@@ -234,7 +247,7 @@ class OAuthClientSpec:
         return spec_hash(self)
 
     def secret_names_read(self) -> frozenset[str]:
-        names = {self.credentials.secret_name}
+        names = {self.credentials.secret_name} - {""}
         if self.ca_bundle:
             names.add(self.ca_bundle[0])
         if self.client_certificate:
@@ -255,6 +268,7 @@ def spec_hash(spec: OAuthClientSpec) -> str:
             repr(spec.service_account_token),
             repr(spec.subject_secret),
             repr(spec.subject_service_account),
+            repr(spec.client_id),
         ]
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -472,9 +486,24 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
             "refresh_token; client_credentials needs a client secret or private key"
         )
 
+    client_id = spec.get("clientId")
     creds = spec.get("credentialsSecretRef")
-    if not isinstance(creds, dict) or not creds.get("name"):
-        raise SpecError("spec.credentialsSecretRef.name is required")
+    if client_id is not None:
+        if not isinstance(client_id, str) or not client_id:
+            raise SpecError("spec.clientId must be a non-empty string")
+        if creds:
+            raise SpecError("set one of spec.clientId and spec.credentialsSecretRef, not both")
+        if auth not in SECRETLESS_AUTH or grant is GrantType.REFRESH_TOKEN:
+            raise SpecError(
+                "spec.clientId (no credentials Secret) works only with clientAuthentication "
+                "service_account_token, tls_client_auth or self_signed_tls_client_auth and a "
+                "grant other than refresh_token; otherwise use spec.credentialsSecretRef"
+            )
+        creds = {"name": ""}
+    elif not isinstance(creds, dict) or not creds.get("name"):
+        raise SpecError(
+            "spec.credentialsSecretRef.name (or, without a secret, spec.clientId) is required"
+        )
     path = "spec.credentialsSecretRef"
     credentials = CredentialKeys(
         secret_name=_str(creds, "name", "", path),
@@ -570,6 +599,7 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         ca_bundle=ca_bundle,
         client_certificate=client_certificate,
         service_account_token=service_account_token,
+        client_id=client_id,
         subject_secret=exchange.secret,
         subject_service_account=exchange.service_account,
         rollout_targets=_rollout_targets(spec.get("rolloutTargets")),

@@ -61,14 +61,20 @@ def service_account(cluster: Cluster, name: str, audiences: str | None) -> None:
     )
 
 
-def keyless_client(name: str, issuer: str, account: str, audience: str) -> dict[str, Any]:
-    return oauth_client(
+def keyless_client(
+    name: str, issuer: str, account: str, audience: str, client_id: str = "x"
+) -> dict[str, Any]:
+    """No Secret at all: the client ID is in the spec."""
+    client = oauth_client(
         name,
         issuer,
-        f"{name}-id",
+        "",
         clientAuthentication="service_account_token",
         serviceAccountToken={"serviceAccountName": account, "audience": audience},
+        clientId=client_id,
     )
+    del client["spec"]["credentialsSecretRef"]
+    return client
 
 
 def tokens_minted(control_plane: ControlPlane) -> int:
@@ -92,9 +98,8 @@ def test_a_service_account_token_authenticates_the_client_at_keycloak(
     client_id = f"keyless-{cluster.namespace}"
     keycloak.add_client(client_id, cluster.namespace, "app")
     service_account(cluster, "app", f"https://unrelated.example,{keycloak.issuer}")
-    cluster.create_secret("app-id", {"client_id": client_id})  # nothing secret in it
     minted = tokens_minted(control_plane)
-    cluster.apply(keyless_client("app", keycloak.issuer, "app", keycloak.issuer))
+    cluster.apply(keyless_client("app", keycloak.issuer, "app", keycloak.issuer, client_id))
 
     cluster.wait_ready("app", timeout=60)
 
@@ -137,8 +142,12 @@ def test_the_charts_rbac_with_service_account_tokens_enabled_is_enough(
     client_id = f"rbac-{cluster.namespace}"
     keycloak.add_client(client_id, cluster.namespace, "app")
     service_account(cluster, "app", keycloak.issuer)
+    # The client ID in a Secret this time: the chart lets the operator read that too.
     cluster.create_secret("app-id", {"client_id": client_id})
-    cluster.apply(keyless_client("app", keycloak.issuer, "app", keycloak.issuer))
+    client = keyless_client("app", keycloak.issuer, "app", keycloak.issuer)
+    del client["spec"]["clientId"]
+    client["spec"]["credentialsSecretRef"] = {"name": "app-id"}
+    cluster.apply(client)
     try:
         with OperatorProcess(kubeconfig, cluster.namespace, tmp_path / "op.log") as operator:
             cluster.wait_ready("app", timeout=60)
@@ -158,7 +167,6 @@ def test_nothing_is_minted_without_opt_in_or_for_the_apiserver(
     service_account(cluster, "silent", None)
     service_account(cluster, "other-provider", "https://unrelated.example")
     service_account(cluster, "api", control_plane.server)  # opted in, but to the apiserver
-    cluster.create_secret("x-id", {"client_id": "x"})
     before = tokens_minted(control_plane)
     cases = {
         "silent": ("silent", keycloak.issuer, "ServiceAccountNotOptedIn"),
@@ -167,9 +175,7 @@ def test_nothing_is_minted_without_opt_in_or_for_the_apiserver(
         "api": ("api", control_plane.server, "AudienceNotAllowed"),
     }
     for name, (account, audience, _) in cases.items():
-        client = keyless_client(name, keycloak.issuer, account, audience)
-        client["spec"]["credentialsSecretRef"]["name"] = "x-id"
-        cluster.apply(client)
+        cluster.apply(keyless_client(name, keycloak.issuer, account, audience))
 
     for name, (_, _, reason) in cases.items():
         condition = cluster.wait_not_ready(name)
@@ -197,6 +203,13 @@ def test_admission_refuses_other_namespaces_apiserver_audiences_and_http(
     plain["metadata"]["namespace"] = cluster.namespace
     result = cluster.kubectl("apply", "-f", "-", input=json.dumps(plain), check=False)
     assert result.returncode != 0 and "only sent over https" in result.stderr
+    # spec.clientId stands in for the Secret only where the credential is not a secret.
+    secret_auth = keyless_client("c", "https://idp.example", "app", "https://idp.example")
+    secret_auth["spec"]["clientAuthentication"] = "client_secret_basic"
+    del secret_auth["spec"]["serviceAccountToken"]
+    secret_auth["metadata"]["namespace"] = cluster.namespace
+    result = cluster.kubectl("apply", "-f", "-", input=json.dumps(secret_auth), check=False)
+    assert result.returncode != 0 and "spec.clientId (no credentials Secret)" in result.stderr
 
 
 def test_token_exchange_at_keycloak_follows_the_subject_token_in_its_secret(

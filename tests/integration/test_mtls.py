@@ -63,9 +63,14 @@ def test_certificate_authenticates_binds_the_token_and_renews_within_seconds(
     else:
         client_id = MTLS_SELF
         first, renewed = MTLS_SELF_CERTS
-    cluster.create_secret("app-id", {"client_id": client_id})
     tls_secret(cluster, "app-cert", first)
-    cluster.apply(mtls_client("app", identity_provider, auth))
+    client = mtls_client("app", identity_provider, auth)
+    if auth == "self_signed_tls_client_auth":  # the ID in the spec: no credentials Secret
+        del client["spec"]["credentialsSecretRef"]
+        client["spec"]["clientId"] = client_id
+    else:
+        cluster.create_secret("app-id", {"client_id": client_id})
+    cluster.apply(client)
 
     cluster.wait_ready("app")
     assert bound_to(cluster, "app-token") == thumbprint(first.cert_pem)

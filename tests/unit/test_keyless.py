@@ -189,3 +189,43 @@ async def test_token_exchange_with_a_service_account_subject_mints_one_per_excha
 def test_token_exchange_spec_errors(body: dict[str, Any], error: str) -> None:
     with pytest.raises(SpecError, match=error):
         parse(body)
+
+
+# --- spec.clientId: no credentials Secret at all -----------------------------------------
+
+
+async def test_with_client_id_in_the_spec_no_credentials_secret_is_read() -> None:
+    w = world()
+    body = client_body(**keyless())
+    del body["spec"]["credentialsSecretRef"]
+    body["spec"]["clientId"] = "billing"
+    w.body = lambda **_: body  # type: ignore[method-assign]
+    del w.kube.secrets[NS, "app-creds"]  # there is none
+
+    await w.start()
+
+    (call,) = w.tokens.calls
+    assert call.client_id == "billing" and call.client_assertion
+    assert "app-creds" not in w.kube.reads
+    assert w.kube.ready()["status"] == "True"
+    assert parse(body).secret_names_read() == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"clientAuthentication": "client_secret_basic"}, "works only with"),
+        ({"grantType": "refresh_token"}, "works only with"),
+        ({"credentialsSecretRef": {"name": "creds"}}, "not both"),
+        ({"clientId": ""}, "non-empty"),
+    ],
+)
+def test_client_id_only_where_no_secret_is_needed(changes: dict[str, Any], error: str) -> None:
+    body = client_body(**keyless())
+    del body["spec"]["credentialsSecretRef"]
+    body["spec"]["clientId"] = "billing"
+    body["spec"].update(changes)
+    if changes.get("clientAuthentication") == "client_secret_basic":
+        del body["spec"]["serviceAccountToken"]
+    with pytest.raises(SpecError, match=error):
+        parse(body)
