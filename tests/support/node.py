@@ -84,11 +84,13 @@ class Node(Service):
         self.pod_logs = self.dir / "pod-logs"
         self.sandbox_image = ""
         self.bridge = f"otoe{uuid.uuid4().hex[:8]}"  # the pods' bridge (15 characters at most)
+        self._netns_before: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> Node:
         require_tools()
+        self._netns_before = set(_pod_netns())
         busybox, self.sandbox_image = build_image("busybox")
         try:
             self._start_controller_manager()
@@ -112,8 +114,13 @@ class Node(Service):
         self.cp.stop_process("containerd")
         self._kill_shims()
         self._unmount_all()
+        # Containers removed without the CRI's StopPodSandbox leave their pods' network
+        # namespaces (named by containerd's CNI); the ones that appeared since the start go.
+        for name in set(_pod_netns()) - self._netns_before:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
         leftovers = self.mounts() + [str(pid) for pid in self._shim_pids()]
+        leftovers += [f"netns {n}" for n in set(_pod_netns()) - self._netns_before]
         if Path(f"/sys/class/net/{self.bridge}").exists():
             leftovers.append(f"bridge {self.bridge}")
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -379,6 +386,13 @@ state = "{self.dir / "containerd" / "state"}"
         # Deepest first: volumes inside pod directories, then overlay roots, then shm.
         for mount in sorted(set(self.mounts()), key=lambda m: -len(m)):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+
+
+def _pod_netns() -> list[str]:
+    """The network namespaces containerd's CNI made for pods (/run/netns/cni-...)."""
+    with contextlib.suppress(FileNotFoundError):
+        return [n.name for n in Path("/run/netns").iterdir() if n.name.startswith("cni-")]
+    return []
 
 
 def pod_uid(cp: ControlPlane, namespace: str, name: str) -> str:
