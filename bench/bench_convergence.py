@@ -855,6 +855,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_seconds": cpu.mark(),
             "api_calls": ApiserverMetrics.diff(before, await apimetrics.snapshot(), n),
         }
+        # P2, idle: every token valid for most of an hour, nothing due; what does waiting cost?
+        await asyncio.sleep(args.idle_window)
+        idle_cpu = cpu.mark()
+        result["idle"] = {
+            "window_seconds": args.idle_window,
+            "operator_cpu_share_of_a_core": round(idle_cpu["operator"] / args.idle_window, 4),
+            "rss_mb": rss_mb(operator.pid),
+        }
         operator.kill9()
         operator = None
         return result
@@ -897,6 +905,11 @@ def table(result: dict[str, Any]) -> str:
         ("restart: CPU idle after (s)", r.get("idle_seconds")),
         ("restart: RSS (MB)", r.get("rss_mb")),
         ("restart: CPU s", r.get("cpu_seconds")),
+        (
+            "idle: operator CPU share of a core (goal <= 0.02)",
+            result.get("idle", {}).get("operator_cpu_share_of_a_core"),
+        ),
+        ("idle: RSS (MB)", result.get("idle", {}).get("rss_mb")),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
@@ -932,6 +945,9 @@ def main() -> int:
                         choices=["debug", "info", "warning", "error"])  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="run the first operator under "
                         "py-spy (PY_SPY=path or py-spy on PATH)")  # fmt: skip
+    parser.add_argument(
+        "--idle-window", type=float, default=60.0, help="seconds of nothing due, after the restart"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument(
