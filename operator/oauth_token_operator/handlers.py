@@ -185,7 +185,7 @@ async def _serve_once_installed(
     while memo.oauthclient_events == 0:
         await asyncio.sleep(CRD_POLL)
         try:
-            exist = bool(await kube.list_oauthclients(settings.namespaces, settings.selector))
+            exist = await kube.any_oauthclients(settings.namespaces, settings.selector)
         except KubeError:
             continue
         if not exist:

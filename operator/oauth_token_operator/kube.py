@@ -57,6 +57,17 @@ async def _json(call: Any) -> Any:
         response.release()
 
 
+async def _read_or_none(read: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """A namespaced object through a client `read_namespaced_*` method; None if absent."""
+    try:
+        body: dict[str, Any] = await _json(read(name, namespace, _preload_content=False))
+    except KubeError as exc:
+        if exc.not_found:
+            return None
+        raise
+    return body
+
+
 # (group, version, plural) of the custom resources the operator reads and writes.
 Resource = tuple[str, str, str]
 OAUTHCLIENTS: Resource = (API_GROUP, API_VERSION, PLURAL)
@@ -112,37 +123,13 @@ class Kube:
         await self._api.close()
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            secret: dict[str, Any] = await _json(
-                self._core.read_namespaced_secret(name, namespace, _preload_content=False)
-            )
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
-        return secret
+        return await _read_or_none(self._core.read_namespaced_secret, namespace, name)
 
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = await _json(
-                self._core.read_namespaced_config_map(name, namespace, _preload_content=False)
-            )
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
-        return body
+        return await _read_or_none(self._core.read_namespaced_config_map, namespace, name)
 
     async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = await _json(
-                self._core.read_namespaced_service_account(name, namespace, _preload_content=False)
-            )
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
-        return body
+        return await _read_or_none(self._core.read_namespaced_service_account, namespace, name)
 
     async def create_service_account_token(
         self, namespace: str, name: str, audience: str, expiration_seconds: int
@@ -187,13 +174,9 @@ class Kube:
     async def get_pod_template_annotations(
         self, namespace: str, kind: str, name: str
     ) -> dict[str, str] | None:
-        read = self._workload_call("read", kind)
-        try:
-            body = await _json(read(name, namespace, _preload_content=False))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
+        body = await _read_or_none(self._workload_call("read", kind), namespace, name)
+        if body is None:
+            return None
         template = (body.get("spec") or {}).get("template") or {}
         return dict((template.get("metadata") or {}).get("annotations") or {})
 
@@ -260,6 +243,14 @@ class Kube:
                 if not token:
                     break
         return items
+
+    async def any_oauthclients(self, namespaces: tuple[str, ...], selector: str = "") -> bool:
+        """Whether one OAuthClient at least exists there (one-item pages, not a full list)."""
+        for namespace in namespaces or (None,):
+            page = await self._oauthclient_page(namespace, selector, 1)
+            if page is not None and page.get("items"):
+                return True
+        return False
 
     async def oauthclients_served(self, namespaces: tuple[str, ...], selector: str = "") -> bool:
         """Whether the API serves OAuthClients, i.e. the CRD is installed. A selector the
