@@ -9,9 +9,9 @@ is minted only when
 - the ServiceAccount opts in: its annotation `oauth-token-operator.dev/token-audiences`
   lists the audience (its owner says which provider may receive its tokens),
 - the audience is not one the kube-apiserver accepts: never a well-known Kubernetes audience
-  or the cluster's ServiceAccount issuer (checked before minting), and never an audience for
-  which the apiserver authenticates the minted token (a TokenReview once per audience and
-  process; such a token is dropped unsent),
+  (spec.parse refuses those) or the cluster's ServiceAccount issuer (checked before
+  minting), and never an audience for which the apiserver authenticates the minted token (a
+  TokenReview once per audience and process; such a token is dropped unsent),
 - and it goes only to an https token endpoint (spec and oauth.TokenClient check that).
 A token is minted for each exchange, used once, and never stored or logged."""
 
@@ -24,7 +24,7 @@ from . import reasons
 from .kube import KubeError
 from .oauth import OAuthError, Outcome
 from .ports import ServiceAccountAPI
-from .spec import KUBERNETES_AUDIENCES, SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, ServiceAccountToken
+from .spec import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, ServiceAccountToken
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ class ServiceAccountAssertions:
         return token
 
     async def _refuse_known_apiserver_audience(self, audience: str) -> None:
-        if audience in KUBERNETES_AUDIENCES:
-            raise _apiserver_audience(audience, "a Kubernetes API audience")
+        # The well-known Kubernetes audiences never get here: spec.parse refuses them.
         if self._issuer is None:
             self._issuer = await self.api.service_account_issuer()
         if self._issuer is not None and audience.rstrip("/") == self._issuer.rstrip("/"):
