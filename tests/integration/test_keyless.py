@@ -16,8 +16,8 @@ import jwt
 import pytest
 import yaml
 
-from tests.helm import render_chart
 from tests.integration.test_operator import oauth_client
+from tests.integration.test_rbac import under_chart_rbac
 from tests.support.cli import cli
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
@@ -28,7 +28,6 @@ from tests.support.pki import TestCA
 pytestmark = pytest.mark.integration
 
 AUDIENCES_ANNOTATION = "oauth-token-operator.dev/token-audiences"
-RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +123,7 @@ def test_the_charts_rbac_with_service_account_tokens_enabled_is_enough(
 ) -> None:
     """The operator as the chart's ServiceAccount, namespaced mode: it may read the
     ServiceAccount, mint its token and review it, and nothing more is needed."""
-    release_ns = "kl" + cluster.namespace[1:]
-    cluster.kubectl("create", "namespace", release_ns)
-    docs = render_chart(
-        "otokl",
-        release_ns,
-        f"watchNamespaces={{{cluster.namespace}}}",
-        "serviceAccountTokens.enabled=true",
-    )
-    rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
-    account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    kubeconfig = cluster.cp.user_kubeconfig(
-        f"system:serviceaccount:{release_ns}:{account}",
-        ("system:serviceaccounts", f"system:serviceaccounts:{release_ns}"),
-    )
+    kubeconfig, rbac = under_chart_rbac(cluster, "otokl", "kl", "serviceAccountTokens.enabled=true")
     client_id = f"rbac-{cluster.namespace}"
     keycloak.add_client(client_id, cluster.namespace, "app")
     service_account(cluster, "app", keycloak.issuer)

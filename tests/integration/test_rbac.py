@@ -5,6 +5,7 @@ client certificate whose user name is the chart's service account, so the chart'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,21 +21,30 @@ pytestmark = pytest.mark.integration
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
-def test_operator_works_under_the_charts_namespaced_rbac(
-    cluster: Cluster, identity_provider: IdentityProvider, idp_ca_secret: str, tmp_path: Path
-) -> None:
-    release_ns = "op" + cluster.namespace[1:]  # short: the user name is a 64-char CN
+def under_chart_rbac(
+    cluster: Cluster, release: str, prefix: str, *values: str
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Applies the chart's RBAC (namespaced mode, watching the test's namespace; `values`
+    more --set values) for a release in a namespace of its own, and returns a kubeconfig of
+    the chart's ServiceAccount and the RBAC objects applied."""
+    release_ns = prefix + cluster.namespace[1:]  # short: the user name is a 64-char CN
     cluster.kubectl("create", "namespace", release_ns)
-    docs = render_chart("oto", release_ns, f"watchNamespaces={{{cluster.namespace}}}")
+    docs = render_chart(release, release_ns, f"watchNamespaces={{{cluster.namespace}}}", *values)
     rbac = [d for d in docs if d["kind"] in RBAC_KINDS]
-    assert {d["kind"] for d in rbac} >= {"ServiceAccount", "Role", "RoleBinding"}
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
     account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
-
     kubeconfig = cluster.cp.user_kubeconfig(
         f"system:serviceaccount:{release_ns}:{account}",
         ("system:serviceaccounts", f"system:serviceaccounts:{release_ns}"),
     )
+    return kubeconfig, rbac
+
+
+def test_operator_works_under_the_charts_namespaced_rbac(
+    cluster: Cluster, identity_provider: IdentityProvider, idp_ca_secret: str, tmp_path: Path
+) -> None:
+    kubeconfig, rbac = under_chart_rbac(cluster, "oto", "op")
+    assert {d["kind"] for d in rbac} >= {"ServiceAccount", "Role", "RoleBinding"}
     cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
     # Template values from a ConfigMap: the chart lets the operator read it.
     cluster.kubectl(
