@@ -63,9 +63,47 @@ POLL = 0.5  # seconds between samples while waiting
 # --------------------------------------------------------------------------------------------
 
 
-def _token_server(conn: Any) -> None:  # pragma: no cover - runs in the child process
-    with contextlib.suppress(Exception):  # die with the benchmark, even on SIGKILL
+def die_with_parent() -> None:
+    """In a server's child process: die with the benchmark, even on SIGKILL."""
+    with contextlib.suppress(Exception):
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+async def serve(app: Any, conn: Any) -> None:
+    """Serves the aiohttp app on a free loopback port, sends the port through `conn`, and
+    runs until the process is killed."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    conn.send(runner.addresses[0][1])
+    conn.close()
+    await asyncio.Event().wait()
+
+
+class ServerProcess:
+    """`target(conn, *args)` in a spawned process; it reports its port through `conn`."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=target, args=(child, *args), daemon=True)
+        self.process.start()
+        if not parent.poll(30):
+            raise RuntimeError("fake token endpoint did not start")
+        self.port: int = parent.recv()
+        self.url = f"http://127.0.0.1:{self.port}/token"
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+
+def _token_server(conn: Any) -> None:  # pragma: no cover - runs in the child process
+    die_with_parent()
     from aiohttp import web
 
     count = 0
@@ -85,31 +123,15 @@ def _token_server(conn: Any) -> None:  # pragma: no cover - runs in the child pr
     async def stats(_: web.Request) -> web.Response:
         return web.json_response({"requests": count})
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/stats", stats)
-        app.router.add_post("/{tail:.*}", token)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        conn.send(runner.addresses[0][1])
-        conn.close()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/{tail:.*}", token)
+    asyncio.run(serve(app, conn))
 
 
-class TokenEndpoint:
+class TokenEndpoint(ServerProcess):
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self.process = ctx.Process(target=_token_server, args=(child,), daemon=True)
-        self.process.start()
-        if not parent.poll(30):
-            raise RuntimeError("fake token endpoint did not start")
-        self.port: int = parent.recv()
-        self.url = f"http://127.0.0.1:{self.port}/token"
+        super().__init__(_token_server)
         self._http: Any = None
 
     async def requests(self) -> int:
@@ -123,11 +145,6 @@ class TokenEndpoint:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
 
 
 # --------------------------------------------------------------------------------------------

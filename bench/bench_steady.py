@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import json
-import multiprocessing
-import signal
 import sys
 import time
 from pathlib import Path
@@ -49,19 +45,21 @@ from bench.bench_convergence import (  # noqa: E402
     ApiserverMetrics,
     CpuMeter,
     Operator,
+    ServerProcess,
     b64,
     bounded,
     call,
     client_name,
     count_namespace_secrets,
+    die_with_parent,
     rss_mb,
+    serve,
     warm_bytecode_cache,
 )
 
 
 def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  # pragma: no cover
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     import secrets
     from urllib.parse import parse_qs
 
@@ -107,34 +105,16 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
     async def stats(_: web.Request) -> web.Response:
         return web.json_response({"clients": len(expiry), "refreshes": len(arrivals)})
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/window", window)
-        app.router.add_post("/{tail:.*}", token)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        conn.send(runner.addresses[0][1])
-        conn.close()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/window", window)
+    app.router.add_post("/{tail:.*}", token)
+    asyncio.run(serve(app, conn))
 
 
-class SteadyEndpoint:
+class SteadyEndpoint(ServerProcess):
     def __init__(self, lifetime: int, renew_before: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_steady_token_server, args=(child, lifetime, renew_before), daemon=True
-        )
-        self.process.start()
-        if not parent.poll(30):
-            raise RuntimeError("fake token endpoint did not start")
-        self.port: int = parent.recv()
-        self.url = f"http://127.0.0.1:{self.port}/token"
+        super().__init__(_steady_token_server, lifetime, renew_before)
 
     async def get(self, path: str, **params: float) -> dict[str, Any]:
         import httpx
@@ -143,11 +123,6 @@ class SteadyEndpoint:
             response = await http.get(f"http://127.0.0.1:{self.port}{path}", params=params)
             result: dict[str, Any] = response.json()
             return result
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
 
 
 def steady_client(i: int, endpoint: str, renew_before: int) -> dict[str, Any]:
