@@ -4,6 +4,7 @@ against them by mypy instead of being cast."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from .oauth import Credentials, Token
@@ -18,6 +19,18 @@ class SecretAPI(Protocol):
     async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replaces with the body's resourceVersion as precondition (KubeError 409 if stale)."""
         ...
+
+
+class SecretWatchAPI(Protocol):
+    async def list_secrets(
+        self, namespace: str | None, limit: int, token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of a LIST (namespace None: all namespaces)."""
+        ...
+
+    def watch_secrets(
+        self, namespace: str | None, resource_version: str, server_timeout: int
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class ConfigMapAPI(Protocol):

@@ -1,0 +1,99 @@
+"""The operator's Kubernetes client: an API call runs on the event loop, with no thread hop
+for environment lookups, and the proxy variables still apply (looked up once)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from oauth_token_operator.kube import Kube
+
+
+def kubeconfig(tmp_path: Path, server: str) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    return str(path)
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.calls: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(getattr(fn, "__name__", repr(fn)))
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+async def apiserver() -> AsyncIterator[str]:
+    """Answers every Secret read with 404, as the API server does for a missing Secret."""
+
+    async def not_found(_: web.Request) -> web.Response:
+        return web.json_response({"kind": "Status", "code": 404, "reason": "NotFound"}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", not_found)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_an_api_call_hops_to_no_thread(
+    apiserver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # would be read per call if trusted
+    kube = await Kube.connect(kubeconfig(tmp_path, apiserver))
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    try:
+        for _ in range(3):
+            assert await kube.get_secret("ns", "absent") is None
+    finally:
+        await kube.close()
+    assert executor.calls == []
+
+
+async def test_the_proxy_variables_are_honoured_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://someone:pw@127.0.0.1:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    kube = await Kube.connect(kubeconfig(tmp_path, "https://127.0.0.1:6443"))
+    rest = kube._api.rest_client
+    try:
+        assert rest.proxy == "http://127.0.0.1:3128"
+        assert rest.proxy_headers["Proxy-Authorization"].startswith("Basic ")
+        assert "pw" not in rest.proxy
+    finally:
+        await kube.close()
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    kube = await Kube.connect(kubeconfig(tmp_path, "https://127.0.0.1:6443"))
+    try:
+        assert kube._api.rest_client.proxy is None
+    finally:
+        await kube.close()
