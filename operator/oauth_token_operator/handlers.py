@@ -19,6 +19,7 @@ from .kube import Kube, KubeError
 from .oauth import TokenClient
 from .peering import follow
 from .refresh import Refresher
+from .secret_watch import SecretWatch
 from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ def registry_for(
             kube, TokenClient(operator_settings.endpoint_policy), operator_settings
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
+        # Secrets are watched outside kopf (see secret_watch), starting before kopf watches
+        # OAuthClients, so that most first runs find their Secrets in memory.
+        memo.secret_watches = [
+            asyncio.create_task(
+                SecretWatch(kube, namespace, memo.refresher.secret_changed).run(),
+                name=f"secret watch {namespace or '(all namespaces)'}",
+            )
+            for namespace in operator_settings.namespaces or (None,)
+        ]
         metrics.publish_clients(memo.refresher.client_samples)
         memo.follower = None
         memo.kube = kube
@@ -74,7 +84,7 @@ def registry_for(
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
-        for task in (memo.follower, memo.crd_waiter):
+        for task in (memo.follower, memo.crd_waiter, *memo.secret_watches):
             if task is not None:
                 task.cancel()
         # SIGTERM (a rollout, helm upgrade, node drain): finish runs in flight, so that no
@@ -122,15 +132,6 @@ def registry_for(
             memo.crd_waiter = asyncio.create_task(
                 _serve_once_installed(memo.kube, operator_settings, memo, start_over)
             )
-
-    @kopf.on.event("", "v1", "secrets", id="secret", registry=registry)
-    async def secret_event(  # async: kopf runs plain functions in a thread pool
-        event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
-    ) -> None:
-        deleted = event["type"] == "DELETED"
-        memo.refresher.secret_changed(
-            namespace or "", name, None if deleted else dict(event["object"])
-        )
 
     operator_settings = settings
     return registry

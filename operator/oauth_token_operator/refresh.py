@@ -49,7 +49,9 @@ class Refresher:
         self._readers: dict[tuple[str, str], set[ObjectKey]] = defaultdict(set)
         self._owners: dict[tuple[str, str], ObjectKey] = {}
         # Runs read Secrets from memory; the watch (secret_changed) keeps it current.
-        self.secrets = CachedSecrets(kube, self._tracked)
+        # Unsharded, every Secret the operator labels is one of its clients': kept from the
+        # watch before kopf brings the client, a restart reads none of them again.
+        self.secrets = CachedSecrets(kube, self._tracked, keep_labelled=not settings.selector)
         holder = holder or Holder(settings.identity)
         assertions = ServiceAccountAssertions(kube)
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock, assertions)
@@ -68,8 +70,10 @@ class Refresher:
         uid = str(meta.get("uid", ""))
         if state and state.spec and (state.spec.generation, state.spec.uid) == (generation, uid):
             return  # a status-only change
+        never_reported = False
         if state is None or (state.spec and state.spec.uid != uid):
             previous = body.get("status") or {}
+            never_reported = not previous
             state = ClientState(
                 spec=None,
                 condition=status.Condition.from_status(previous),
@@ -95,6 +99,10 @@ class Refresher:
         for name in spec.secret_names_read():
             self._readers[(key.namespace, name)].add(key)
         self._owners[(key.namespace, spec.output.name)] = key
+        if never_reported:
+            # No operator has run it: its output Secret is not there to read (if it is after
+            # all, the create fails with 409 and the retry reads it). Saves a GET per new client.
+            self.secrets.presume_absent(key.namespace, spec.output.name)
         self.scheduler.schedule_now(key)
 
     def forget(self, key: ObjectKey) -> None:
@@ -112,7 +120,7 @@ class Refresher:
         self.clients.clear()
         self._readers.clear()
         self._owners.clear()
-        self.secrets.clear()
+        self.secrets.drop_untracked()  # the Secret watch goes on: what stays is current
         metrics.CLIENTS.set(0)
 
     async def take_over(self, bodies: list[dict[str, Any]]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from . import metrics
 from .kube import KubeError
 from .ports import SecretAPI
+from .spec import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 
 Key = tuple[str, str]
 
@@ -27,27 +28,54 @@ def _trimmed(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "metadata": metadata}
 
 
+def _labelled(body: dict[str, Any] | None) -> bool:
+    labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE)
+
+
 class CachedSecrets:
     """A SecretAPI over another one. `tracked(namespace, name)` says which Secrets to keep."""
 
-    def __init__(self, api: SecretAPI, tracked: Callable[[str, str], bool]) -> None:
+    def __init__(
+        self, api: SecretAPI, tracked: Callable[[str, str], bool], keep_labelled: bool = False
+    ) -> None:
         self.api = api
         self.tracked = tracked
-        # None: known not to exist (a GET answered 404, or the watch saw it deleted).
+        # Also keep Secrets that carry the operator's label, tracked or not (yet).
+        self.keep_labelled = keep_labelled
+        # None: known not to exist (a GET answered 404, the watch saw it deleted), or
+        # presumed absent (see presume_absent).
         self._bodies: dict[Key, dict[str, Any] | None] = {}
+        # Every Secret the watch has shown and not seen deleted, tracked or not: names only.
+        self._seen: set[Key] = set()
 
     def __len__(self) -> int:
         return len(self._bodies)
 
     def noted(self, namespace: str, name: str, body: dict[str, Any] | None) -> None:
         """What the Secret watch saw (None: deleted)."""
+        if body is None:
+            self._seen.discard((namespace, name))
+        else:
+            self._seen.add((namespace, name))
         self._keep((namespace, name), body)
+
+    def presume_absent(self, namespace: str, name: str) -> None:
+        """Answer "absent" without a read, unless the watch has shown the Secret: for the
+        output Secret of a client no operator has reported on. If it exists after all (the
+        watch had not listed it yet), the create fails with 409 and drops the entry, so the
+        retry reads it."""
+        key = (namespace, name)
+        if self.tracked(namespace, name) and key not in self._seen:
+            self._bodies.setdefault(key, None)
 
     def forget(self, namespace: str, name: str) -> None:
         self._bodies.pop((namespace, name), None)
 
-    def clear(self) -> None:
-        self._bodies.clear()
+    def drop_untracked(self) -> None:
+        """Keep only what `tracked` (and keep_labelled) still asks for; the watch goes on."""
+        for key in [k for k, body in self._bodies.items() if not self._wanted(k, body)]:
+            del self._bodies[key]
 
     def peek(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The kept body, if any, without a read (not a copy: do not edit it)."""
@@ -83,8 +111,11 @@ class CachedSecrets:
         self._keep(key, written)
         return written
 
+    def _wanted(self, key: Key, body: dict[str, Any] | None) -> bool:
+        return self.tracked(*key) or (self.keep_labelled and _labelled(body))
+
     def _keep(self, key: Key, body: dict[str, Any] | None) -> None:
-        if not self.tracked(*key):
+        if not self._wanted(key, body):
             self._bodies.pop(key, None)
         else:
             self._bodies[key] = None if body is None else _trimmed(body)

@@ -372,6 +372,31 @@ async def test_restart_reuses_the_token_in_the_secret() -> None:
     assert len(world.kube.status_patches) == patches
 
 
+@pytest.mark.parametrize("selector", ["", "shard=a"])
+async def test_restart_reads_the_output_secret_the_watch_listed_before_the_client(
+    selector: str,
+) -> None:
+    """The watch lists Secrets before kopf brings their OAuthClients. Unsharded, the
+    operator's labelled Secrets are kept from the list, so a restart reads no output Secret;
+    a shard keeps only its own clients' Secrets and reads its output Secret once."""
+    world = World()
+    await world.start()
+    world.tokens = FakeTokens(world.clock)
+    world.refresher = Refresher(
+        world.kube,
+        world.tokens,
+        Settings(concurrency=4, propagation_margin=90.0, selector=selector),
+        clock=world.clock,
+    )
+    for name in (OUTPUT_SECRET, CREDS_SECRET):
+        world.refresher.secret_changed(NS, name, copy.deepcopy(world.kube.secrets[NS, name]))
+    world.kube.reads.clear()
+    await world.refresher.observe(world.body())
+    await world.refresher._run(KEY)
+    assert world.tokens.calls == []
+    assert world.kube.reads == ([OUTPUT_SECRET, CREDS_SECRET] if selector else [CREDS_SECRET])
+
+
 async def test_restart_after_due_time_exchanges() -> None:
     world = World()
     await world.start()
@@ -402,17 +427,33 @@ async def test_spec_change_of_scopes_exchanges_but_policy_change_does_not() -> N
     assert world.kube.ready()["observedGeneration"] == 3
 
 
+THEIRS = {"metadata": {"name": OUTPUT_SECRET, "namespace": NS}, "data": {"x": b64("theirs")}}
+
+
 async def test_secret_owned_by_someone_else_is_not_overwritten() -> None:
     world = World()
-    world.kube.put(
-        NS,
-        {"metadata": {"name": OUTPUT_SECRET, "namespace": NS}, "data": {"x": b64("theirs")}},
-    )
+    world.kube.put(NS, copy.deepcopy(THEIRS))
+    world.refresher.secret_changed(NS, OUTPUT_SECRET, copy.deepcopy(THEIRS))  # the watch's list
     due = await world.start()
     assert world.tokens.calls == []
     assert world.kube.data(OUTPUT_SECRET) == {"x": "theirs"}
     assert world.kube.ready()["status"] == "False"
+    assert world.kube.ready()["reason"] == "SecretNotOwned"
     assert due is not None and due - world.clock.now >= schedule.HUMAN_RETRY_BASE / 2
+
+
+async def test_secret_owned_by_someone_else_is_not_overwritten_before_the_watch_shows_it() -> None:
+    """A new client is presumed to have no output Secret (no read); if the watch has not
+    listed the Secret yet, the create finds it: one token wasted, their Secret untouched."""
+    world = World()
+    world.kube.put(NS, copy.deepcopy(THEIRS))
+    due = await world.start()
+    assert len(world.tokens.calls) == 1
+    assert world.kube.data(OUTPUT_SECRET) == {"x": "theirs"}
+    assert world.kube.ready()["reason"] == "SecretNotOwned"
+    assert due is not None and due - world.clock.now >= schedule.HUMAN_RETRY_BASE / 2
+    await world.refresher._run(KEY)  # known now: no second token
+    assert len(world.tokens.calls) == 1
 
 
 # --- refresh-token rotation ---------------------------------------------------------------
@@ -562,7 +603,7 @@ async def test_kubernetes_error_reading_credentials_keeps_a_valid_token_ready() 
     await world.start()
     world.clock.now = START + LIFETIME * (1 - 0.33) + 5  # due
     world.kube.failing_reads.add(CREDS_SECRET)
-    world.refresher.secrets.clear()  # a read that reaches the API server: a fresh start
+    world.refresher.secrets.forget(NS, CREDS_SECRET)  # a read that reaches the API server
 
     due = await world.refresher._run(KEY)
 
@@ -839,11 +880,12 @@ async def test_a_standby_replica_runs_nothing_and_takes_over_what_exists_then() 
 
 @pytest.mark.parametrize("grant", ["client_credentials", "refresh_token"])
 async def test_a_refresh_reads_no_secret_from_the_api_server(grant: str) -> None:
-    """The first run reads the credentials and finds no output Secret; every later refresh
-    is served from memory (the operator's own writes and the Secret watch keep it)."""
+    """The first run reads the credentials only (a new client has no output Secret to
+    read); every later refresh is served from memory (the operator's own writes and the
+    Secret watch keep it)."""
     world = World(grant)
     await world.start()
-    assert sorted(set(world.kube.reads)) == sorted({CREDS_SECRET, OUTPUT_SECRET})
+    assert world.kube.reads == [CREDS_SECRET]
     world.kube.reads.clear()
     world.kube.writes.clear()
 
