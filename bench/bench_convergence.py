@@ -425,6 +425,7 @@ class Operator:
         log_level: str,
         metrics_port: int = 0,
         profile_path: Path | None = None,
+        selector: str | None = None,
     ) -> None:
         args = [
             sys.executable,
@@ -442,6 +443,7 @@ class Operator:
             str(metrics_port),
             "--health-port",
             "0",
+            *(["--selector", selector] if selector else []),
         ]
         self.metrics_port = metrics_port
         self.wrapper: subprocess.Popen[bytes] | None = None
