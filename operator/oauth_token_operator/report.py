@@ -1,4 +1,5 @@
-"""What a run reports: the status patch and, when the Ready condition changes, an Event.
+"""What a run reports: the status patch and, when the Ready condition changes (status.is_news),
+an Event.
 The contents come from pure functions in status.py; this module only writes them."""
 
 from __future__ import annotations

@@ -61,11 +61,13 @@ def next_condition(
 
 
 def is_news(previous: Condition | None, current: Condition) -> bool:
-    """Whether a change deserves an Event: a new status or a new reason, not a repeat."""
-    return previous is None or (previous.status, previous.reason) != (
-        current.status,
-        current.reason,
-    )
+    """Whether a change deserves an Event: a new status or a new reason, not a repeat, and
+    not a new client's first token (Ready=True in its status says it; at 10,000 new clients
+    an Event each was a quarter of the operator's API calls). A first failure is news, and
+    so is a token after failures."""
+    if previous is None:
+        return current.status != "True"
+    return (previous.status, previous.reason) != (current.status, current.reason)
 
 
 def success_fields(

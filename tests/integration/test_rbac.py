@@ -58,11 +58,15 @@ def test_operator_works_under_the_charts_namespaced_rbac(
     templated = {"templates": {"who": "{{ values.audience }}"}}
     templated["valuesFrom"] = {"configMapName": "api-settings"}
     cluster.apply(oauth_client("api", identity_provider.issuer, "creds", secret=templated))
+    # A client that fails: its Warning Event proves the chart lets the operator post Events.
+    cluster.create_secret("wrong", {"client_id": CC_BASIC, "client_secret": "not-it"})
+    cluster.apply(oauth_client("failing", identity_provider.issuer, "wrong"))
 
     with OperatorProcess(kubeconfig, cluster.namespace, tmp_path / "operator.log") as operator:
         cluster.wait_ready("api")
         data = cluster.secret_data("api-token")
         assert data is not None and data["who"] == "billing"
-        assert any(e["reason"] == "TokenIssued" for e in cluster.events("api"))
+        assert cluster.wait_not_ready("failing")["reason"] == "InvalidClient"
+        assert any(e["reason"] == "InvalidClient" for e in cluster.events("failing"))
         logs = operator.logs()
     assert "403" not in logs and "Forbidden" not in logs, logs[-3000:]
