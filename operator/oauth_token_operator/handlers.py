@@ -213,6 +213,9 @@ def configure_kopf(settings: kopf.OperatorSettings, selector: str = "") -> None:
         # matching (relabelled to another shard) arrives as DELETED: it is forgotten here
         # and picked up there from its Secret.
         settings.watching.label_selectors[API_GROUP, PLURAL] = selector
+    # The start-up LIST in pages, not one answer with every OAuthClient: after a restart at
+    # 10,000 clients one answer held ~30 MB of JSON and its parse at once.
+    settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
