@@ -216,6 +216,9 @@ def configure_kopf(settings: kopf.OperatorSettings, selector: str = "") -> None:
     # The start-up LIST in pages, not one answer with every OAuthClient: after a restart at
     # 10,000 clients one answer held ~30 MB of JSON and its parse at once.
     settings.watching.chunk_size = 500
+    # kopf keeps a worker per object alive this long after its last event, holding that
+    # event's body: at start-up, every OAuthClient's at once (5 s by default).
+    settings.queueing.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
