@@ -632,8 +632,38 @@ async def minimal_client(
     return figures
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def connect(cp: Any, *namespaces: str) -> tuple[Any, Any, Any]:
+    """Installs the CRD, creates the namespaces; returns (api client, CoreV1Api,
+    CustomObjectsApi) for the control plane's admin."""
     from kubernetes_asyncio import client, config
+
+    cp.kubectl("apply", "-f", str(CRD))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    for ns in namespaces:
+        cp.kubectl("create", "namespace", ns)
+    configuration = client.Configuration()
+    await config.load_kube_config(
+        config_file=str(cp.kubeconfig_path), client_configuration=configuration
+    )
+    api = client.ApiClient(configuration)
+    return api, client.CoreV1Api(api), client.CustomObjectsApi(api)
+
+
+async def create_credentials(core: Any) -> None:
+    """The one credentials Secret every bench client uses."""
+    await call(
+        core.create_namespaced_secret(
+            NAMESPACE,
+            {
+                "metadata": {"name": CREDENTIALS},
+                "data": {"client_id": b64("bench"), "client_secret": b64("bench-secret")},
+            },
+            _preload_content=False,
+        )
+    )
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.support.controlplane import ControlPlane
 
     n, conc = args.clients, args.concurrency
@@ -663,18 +693,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         apimetrics = ApiserverMetrics(cp.server, cp.log_dir / "pki")
         log(f"control plane up in {result['control_plane_start_seconds']}s at {cp.server}; "
             f"token endpoint {endpoint.url}")  # fmt: skip
-        cp.kubectl("apply", "-f", str(CRD))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
-        for ns in (NAMESPACE, BASELINE_NAMESPACE):
-            cp.kubectl("create", "namespace", ns)
-
-        configuration = client.Configuration()
-        await config.load_kube_config(
-            config_file=str(cp.kubeconfig_path), client_configuration=configuration
-        )
-        api = client.ApiClient(configuration)
-        core: Any = client.CoreV1Api(api)
-        custom: Any = client.CustomObjectsApi(api)
+        api, core, custom = await connect(cp, NAMESPACE, BASELINE_NAMESPACE)
 
         # ---- 1. baseline: raw Secret writes at the operator's concurrency --------------------
         log(f"baseline: creating {n} Secrets at concurrency {conc} ...")
@@ -721,16 +740,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tokens_offset = await endpoint.requests()
 
         # ---- 2. the objects, created before the operator starts -----------------------------
-        await call(
-            core.create_namespaced_secret(
-                NAMESPACE,
-                {
-                    "metadata": {"name": CREDENTIALS},
-                    "data": {"client_id": b64("bench"), "client_secret": b64("bench-secret")},
-                },
-                _preload_content=False,
-            )
-        )
+        await create_credentials(core)
 
         async def create_client(i: int) -> None:
             await call(

@@ -26,8 +26,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_convergence import (  # noqa: E402
-    CRD,
-    CREDENTIALS,
     GROUP,
     NAMESPACE,
     PLURAL,
@@ -37,10 +35,11 @@ from bench.bench_convergence import (  # noqa: E402
     CpuMeter,
     Operator,
     TokenEndpoint,
-    b64,
     bounded,
     call,
+    connect,
     count_namespace_secrets,
+    create_credentials,
     free_port,
     oauth_client,
     rss_mb,
@@ -54,7 +53,6 @@ def shard_of(i: int, shards: int) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from kubernetes_asyncio import client, config
     from tests.support.controlplane import ControlPlane
 
     n, k = args.clients, args.shards
@@ -67,26 +65,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         procs = {name: proc.pid for name, proc, _ in cp._procs}
         cpu = CpuMeter({**procs, "token-endpoint": endpoint.process.pid or 0})
-        cp.kubectl("apply", "-f", str(CRD))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
-        cp.kubectl("create", "namespace", NAMESPACE)
-        configuration = client.Configuration()
-        await config.load_kube_config(
-            config_file=str(cp.kubeconfig_path), client_configuration=configuration
-        )
-        api = client.ApiClient(configuration)
-        core: Any = client.CoreV1Api(api)
-        custom: Any = client.CustomObjectsApi(api)
-        await call(
-            core.create_namespaced_secret(
-                NAMESPACE,
-                {
-                    "metadata": {"name": CREDENTIALS},
-                    "data": {"client_id": b64("bench"), "client_secret": b64("bench-secret")},
-                },
-                _preload_content=False,
-            )
-        )
+        api, core, custom = await connect(cp, NAMESPACE)
+        await create_credentials(core)
 
         async def create_client(i: int) -> None:
             body = oauth_client(i, endpoint.url)

@@ -34,7 +34,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_convergence import (  # noqa: E402
-    CRD,
     CREDENTIALS,
     GROUP,
     NAMESPACE,
@@ -46,11 +45,12 @@ from bench.bench_convergence import (  # noqa: E402
     CpuMeter,
     Operator,
     ServerProcess,
-    b64,
     bounded,
     call,
     client_name,
+    connect,
     count_namespace_secrets,
+    create_credentials,
     die_with_parent,
     rss_mb,
     serve,
@@ -144,7 +144,6 @@ def steady_client(i: int, endpoint: str, renew_before: int) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from kubernetes_asyncio import client, config
     from tests.support.controlplane import ControlPlane
 
     n, lifetime, renew = args.clients, args.lifetime, args.renew_before
@@ -161,26 +160,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     operator: Operator | None = None
     api: Any = None
     try:
-        cp.kubectl("apply", "-f", str(CRD))
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
-        cp.kubectl("create", "namespace", NAMESPACE)
-        configuration = client.Configuration()
-        await config.load_kube_config(
-            config_file=str(cp.kubeconfig_path), client_configuration=configuration
-        )
-        api = client.ApiClient(configuration)
-        core: Any = client.CoreV1Api(api)
-        custom: Any = client.CustomObjectsApi(api)
-        await call(
-            core.create_namespaced_secret(
-                NAMESPACE,
-                {
-                    "metadata": {"name": CREDENTIALS},
-                    "data": {"client_id": b64("bench"), "client_secret": b64("bench-secret")},
-                },
-                _preload_content=False,
-            )
-        )
+        api, core, custom = await connect(cp, NAMESPACE)
+        await create_credentials(core)
 
         async def create(i: int) -> None:
             body = steady_client(i, endpoint.url, renew)
