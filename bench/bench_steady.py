@@ -60,6 +60,7 @@ from bench.bench_convergence import (  # noqa: E402
 
 def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  # pragma: no cover
     die_with_parent()
+    import hashlib
     import secrets
     from urllib.parse import parse_qs
 
@@ -73,13 +74,20 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
         form = parse_qs((await request.read()).decode())
         client = form.get("bench_client", ["?"])[0]
         previous = expiry.get(client)
+        granted = lifetime
         if previous is not None:
             arrivals.append((now, now - (previous - renew_before)))
-        expiry[client] = now + lifetime
+        else:
+            # A client's first token is shorter by its own fraction of the refresh cycle, so
+            # that refreshes come evenly, as in a steady state, however fast the operator
+            # converged (otherwise the cycle repeats the convergence: a burst, then nothing).
+            fraction = int(hashlib.sha256(client.encode()).hexdigest()[:8], 16) / 2**32
+            granted = lifetime - int(fraction * (lifetime - renew_before - 10))
+        expiry[client] = now + granted
         body = {
             "access_token": secrets.token_urlsafe(32),
             "token_type": "Bearer",
-            "expires_in": lifetime,
+            "expires_in": granted,
         }
         return web.json_response(body)
 

@@ -59,9 +59,12 @@ def registry_for(
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
         # Secrets are watched outside kopf (see secret_watch), starting before kopf watches
         # OAuthClients, so that most first runs find their Secrets in memory.
+        # Each watch holds a connection for good: their own pool, so that any number of
+        # namespaces never takes connections from the runs.
+        memo.watching = await Kube.connect(connections=0)
         memo.secret_watches = [
             asyncio.create_task(
-                SecretWatch(kube, namespace, memo.refresher.secret_changed).run(),
+                SecretWatch(memo.watching, namespace, memo.refresher.secret_changed).run(),
                 name=f"secret watch {namespace or '(all namespaces)'}",
             )
             for namespace in operator_settings.namespaces or (None,)
@@ -101,7 +104,7 @@ def registry_for(
         stuck = (await asyncio.wait({memo.scheduler}, timeout=CLOSE_TIMEOUT))[1]
         if stuck:
             log.warning("the scheduler did not stop within %.0fs; exiting anyway", CLOSE_TIMEOUT)
-        for close in (memo.refresher.tokens.aclose, memo.refresher.kube.close):
+        for close in (memo.refresher.tokens.aclose, memo.refresher.kube.close, memo.watching.close):
             closing = asyncio.ensure_future(close())
             stuck = (await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT))[1]
             if stuck:

@@ -136,9 +136,11 @@ class Kube:
         self._well_known: Any = client.WellKnownApi(api)
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None = None) -> Kube:
-        """In-cluster service account when present, else the kubeconfig (KUBECONFIG)."""
+    async def connect(cls, kubeconfig: str | None = None, connections: int = 100) -> Kube:
+        """In-cluster service account when present, else the kubeconfig (KUBECONFIG).
+        `connections`: the most open at once (0: no limit)."""
         configuration = client.Configuration()
+        configuration.connection_pool_maxsize = connections
         try:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except config.ConfigException:
