@@ -11,7 +11,6 @@ managedFields, so memory follows the clients, not the cluster's Secrets."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +25,16 @@ Key = tuple[str, str]
 def _trimmed(body: dict[str, Any]) -> dict[str, Any]:
     metadata = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     return {**body, "metadata": metadata}
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a JSON value (dicts, lists, scalars): what copy.deepcopy does for a Secret,
+    without its memo and dispatch (a few times faster, and every run asks for one)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 def _labelled(body: dict[str, Any] | None) -> bool:
@@ -86,7 +95,7 @@ class CachedSecrets:
         if key in self._bodies:
             metrics.SECRET_READS.labels("memory").inc()
             body = self._bodies[key]
-            return None if body is None else copy.deepcopy(body)  # callers may edit theirs
+            return None if body is None else _copied(body)  # callers may edit theirs
         metrics.SECRET_READS.labels("api").inc()
         secret = await self.api.get_secret(namespace, name)
         self._keep(key, secret)

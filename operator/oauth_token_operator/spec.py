@@ -5,6 +5,7 @@ gets a clear error instead of a crash."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -241,7 +242,7 @@ class OAuthClientSpec:
     # Not part of spec_hash: which pods to restart does not change the token.
     rollout_targets: tuple[RolloutTarget, ...] = ()
 
-    @property
+    @functools.cached_property  # the spec is immutable; asked for on every run
     def spec_hash(self) -> str:
         """Changes whenever a field that affects the issued token or the output Secret changes."""
         return spec_hash(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import time
 from typing import Any
 
 
@@ -24,8 +25,7 @@ def encode_data(data: dict[str, str]) -> dict[str, str]:
 
 
 def rfc3339(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
 
 
 def parse_rfc3339(value: str | None) -> float | None:
