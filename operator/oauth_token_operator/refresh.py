@@ -59,7 +59,9 @@ class Refresher:
         self.runner = Runner(
             self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts
         )
-        self.scheduler = schedule.Scheduler(self._run, settings.concurrency, clock)
+        self.scheduler = schedule.Scheduler(
+            self._run, settings.concurrency, clock, metrics.RUN_START_DELAY_SECONDS.observe
+        )
 
     async def observe(self, body: dict[str, Any]) -> None:
         """An OAuthClient was added or modified (including our own status patches)."""
@@ -220,4 +222,5 @@ class Refresher:
         state = self.clients.get(key)
         if state is None or state.spec is None:
             return None
-        return await self.runner.run(state.spec, state)
+        with metrics.RUN_SECONDS.time():
+            return await self.runner.run(state.spec, state)

@@ -104,9 +104,13 @@ class Scheduler:
         work: Work,
         concurrency: int,
         clock: Callable[[], float] = time.time,
+        started: Callable[[float], None] = lambda delay: None,
     ) -> None:
         self._work = work
         self._clock = clock
+        # Told how late each run starts (seconds after its due time): runs that wait for a
+        # free slot mean the replica carries more than it can do on time.
+        self._started = started
         self._slots = concurrency
         self._heap: list[tuple[float, int, Hashable]] = []
         self._due: dict[Hashable, float] = {}
@@ -199,6 +203,7 @@ class Scheduler:
                 return
             heapq.heappop(self._heap)
             del self._due[key]
+            self._started(now - at)
             self._running[key] = asyncio.create_task(self._run_one(key), name=f"refresh {key}")
 
     async def _sleep_until_next(self) -> None:

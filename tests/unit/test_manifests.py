@@ -633,12 +633,19 @@ def test_prometheus_rule_alerts_on_the_per_client_series(helm: Path) -> None:
         "OAuthTokenExpiringWhileNotReady",
         "OAuthTokenRefreshFailing",
         "OAuthGrantNeedsLogin",
+        "OAuthTokenOperatorFallingBehind",
     }
     assert "< 300" in alerts["OAuthTokenExpiringWhileNotReady"]["expr"]
     assert alerts["OAuthTokenRefreshFailing"]["for"] == "30m"
-    # Each alert names the client, from the series' own labels.
-    for alert in alerts.values():
-        assert "{{ $labels.namespace }}/{{ $labels.name }}" in alert["annotations"]["summary"]
+    # Each per-client alert names the client, from the series' own labels.
+    for name, alert in alerts.items():
+        if name != "OAuthTokenOperatorFallingBehind":
+            assert "{{ $labels.namespace }}/{{ $labels.name }}" in alert["annotations"]["summary"]
+    # The process-wide one reads a documented histogram, per pod.
+    behind = alerts["OAuthTokenOperatorFallingBehind"]
+    assert "oauth_token_operator_run_start_delay_seconds_bucket" in behind["expr"]
+    assert behind["expr"].strip().endswith("> 30")
+    assert "{{ $labels.pod }}" in behind["annotations"]["summary"]
     # The client's namespace label survives the scrape.
     monitor = only(render(helm, "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["honorLabels"] is True

@@ -574,3 +574,22 @@ async def test_forget_all_drops_due_and_running_keys() -> None:
         scheduler.forget_all()
         await asyncio.sleep(20)
     assert runs == ["a"] and len(scheduler) == 0
+
+
+async def test_a_run_waiting_for_a_slot_is_reported_late_by_the_wait() -> None:
+    # One slot, two keys due at once: the second starts only when the first ends, and the
+    # delay it reports (what the run-start-delay metric shows users) is that wait.
+    delays: list[float] = []
+
+    async def work(key: Hashable) -> float | None:
+        await asyncio.sleep(0.2)
+        return None
+
+    scheduler = Scheduler(work, concurrency=1, clock=now, started=delays.append)
+    t0 = now()
+    scheduler.schedule("first", t0)
+    scheduler.schedule("second", t0)
+    async with running(scheduler):
+        await wait_for(lambda: len(delays) == 2)
+    assert delays[0] < 0.1
+    assert 0.2 <= delays[1] < 0.5
