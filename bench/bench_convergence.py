@@ -513,6 +513,33 @@ class Operator:
                 total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
         return total
 
+    async def histogram(self, name: str) -> dict[float, float]:
+        """A histogram's cumulative bucket counts from /metrics: upper bound -> count."""
+        import httpx
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(url, params={"name[]": f"{name}_bucket"})).text
+        buckets: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith(f"{name}_bucket{{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+        return buckets
+
+
+def histogram_quantiles(
+    before: dict[float, float], after: dict[float, float], quantiles: tuple[float, ...]
+) -> dict[str, float | None]:
+    """Quantiles of what a histogram counted between two scrapes, as bucket upper bounds."""
+    counts = {bound: after[bound] - before.get(bound, 0.0) for bound in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    result: dict[str, float | None] = {}
+    for q in quantiles:
+        bound = next((b for b, c in counts.items() if total and c >= q * total), None)
+        result[f"p{round(q * 100)}"] = bound
+    return result
+
 
 # --------------------------------------------------------------------------------------------
 # Phases
