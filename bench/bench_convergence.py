@@ -647,16 +647,22 @@ async def minimal_client(
         "api_calls": ApiserverMetrics.diff(before, await apimetrics.snapshot(), n),
     }
     log(f"  {n / seconds:.1f} clients/s ({seconds:.1f}s)")
+    await delete_all(core, custom, BASELINE_NAMESPACE)
+    return figures
+
+
+async def delete_all(core: Any, custom: Any, namespace: str) -> None:
+    """Deletes a namespace's Secrets and OAuthClients and waits until the Secrets are gone,
+    so that the next phase works on a store of the same size."""
     for delete in (
-        core.delete_collection_namespaced_secret(BASELINE_NAMESPACE, _preload_content=False),
+        core.delete_collection_namespaced_secret(namespace, _preload_content=False),
         custom.delete_collection_namespaced_custom_object(
-            GROUP, VERSION, BASELINE_NAMESPACE, PLURAL, _preload_content=False
+            GROUP, VERSION, namespace, PLURAL, _preload_content=False
         ),
     ):
         await call(delete)
-    while await count_namespace_secrets(core, BASELINE_NAMESPACE):  # noqa: ASYNC110
+    while await count_namespace_secrets(core, namespace):  # noqa: ASYNC110
         await asyncio.sleep(POLL)
-    return figures
 
 
 async def connect(cp: Any, *namespaces: str) -> tuple[Any, Any, Any]:

@@ -54,6 +54,7 @@ from bench.bench_convergence import (  # noqa: E402
     connect,
     count_namespace_secrets,
     create_credentials,
+    delete_all,
     die_with_parent,
     free_port,
     histogram_quantiles,
@@ -77,7 +78,10 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
 
     async def token(request: web.Request) -> web.Response:
         now = time.time()
-        form = parse_qs((await request.read()).decode())
+        try:
+            form = parse_qs((await request.read()).decode())
+        except ConnectionResetError:  # a refresher stopped at the end of its phase
+            return web.Response(status=400)
         client = form.get("bench_client", ["?"])[0]
         previous = expiry.get(client)
         granted = lifetime
@@ -232,18 +236,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await api.close()
         endpoint.stop()
         await asyncio.to_thread(cp.stop)
-
-
-async def delete_all(core: Any, custom: Any, namespace: str) -> None:
-    for delete in (
-        core.delete_collection_namespaced_secret(namespace, _preload_content=False),
-        custom.delete_collection_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, _preload_content=False
-        ),
-    ):
-        await call(delete)
-    while await count_namespace_secrets(core, namespace):  # noqa: ASYNC110
-        await asyncio.sleep(POLL)
 
 
 async def phase(
