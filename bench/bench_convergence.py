@@ -495,16 +495,22 @@ class Operator:
         if self.alive:
             self.kill9()
 
-    async def metric(self, name: str) -> float | None:
-        """A counter from the operator's /metrics (only when started with a metrics port).
-        Asks for that metric alone: the whole page (per-client series) would cost the
-        operator some 0.4 s of CPU per scrape at 10,000 clients, every poll."""
+    async def scrape(self, name: str) -> str:
+        """The lines of one metric from the operator's /metrics (only when started with a
+        metrics port). Asks for that metric alone: the whole page (per-client series) would
+        cost the operator some 0.4 s of CPU per scrape at 10,000 clients, every poll."""
         import httpx
 
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        async with httpx.AsyncClient(timeout=5) as http:
+            return (await http.get(url, params={"name[]": name})).text
+
+    async def metric(self, name: str) -> float | None:
+        """A counter's total, or None while the operator does not answer."""
+        import httpx
+
         try:
-            async with httpx.AsyncClient(timeout=5) as http:
-                text = (await http.get(url, params={"name[]": name})).text
+            text = await self.scrape(name)
         except httpx.HTTPError:
             return None
         total = None
@@ -514,12 +520,8 @@ class Operator:
         return total
 
     async def histogram(self, name: str) -> dict[float, float]:
-        """A histogram's cumulative bucket counts from /metrics: upper bound -> count."""
-        import httpx
-
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        async with httpx.AsyncClient(timeout=5) as http:
-            text = (await http.get(url, params={"name[]": f"{name}_bucket"})).text
+        """A histogram's cumulative bucket counts: upper bound -> count."""
+        text = await self.scrape(f"{name}_bucket")
         buckets: dict[float, float] = {}
         for line in text.splitlines():
             if line.startswith(f"{name}_bucket{{"):

@@ -209,8 +209,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "expected_refreshes_per_second": round(n / (lifetime - renew), 1),
         "window_seconds": args.window,
     }
-    kinds = ["minimal"] if args.minimal else ["minimal", "operator"] if args.baseline else []
-    kinds = kinds or ["operator"]
+    if args.minimal:
+        kinds = ["minimal"]
+    else:
+        kinds = ["minimal", "operator"] if args.baseline else ["operator"]
     cp = await asyncio.to_thread(ControlPlane().start)
     endpoint = SteadyEndpoint(lifetime, renew)
     api: Any = None
@@ -298,8 +300,13 @@ async def phase(
         before = await apimetrics.snapshot()
         histograms = ("run_start_delay_seconds", "run_duration_seconds")
         operator = refresher if isinstance(refresher, Operator) else None
-        names = [f"oauth_token_operator_{h}" for h in histograms] if operator else []
-        buckets_before = [await operator.histogram(name) for name in names if operator]
+
+        async def buckets() -> list[dict[float, float]]:
+            names = [f"oauth_token_operator_{h}" for h in histograms]
+            # None for the minimal refresher, which has no metrics.
+            return [await operator.histogram(name) for name in names] if operator else []
+
+        buckets_before = await buckets()
         cpu.mark()
         start = time.time()
         log(f"  measuring for {args.window} s ...")
@@ -322,7 +329,7 @@ async def phase(
             result["profile_window"] = profile_summary(RESULTS / "profile-steady.txt")
         cpu_window = cpu.mark()
         after = await apimetrics.snapshot()
-        buckets_after = [await operator.histogram(name) for name in names if operator]
+        buckets_after = await buckets()
         lateness = await endpoint.get("/window", start=start, end=end, prefix=namespace)
         refreshes = max(int(lateness["refreshes"]), 1)
         calls = {
@@ -344,7 +351,7 @@ async def phase(
                 # started (waiting for a slot) and how long each held its slot.
                 **{
                     histogram: histogram_quantiles(b, a, (0.5, 0.99))
-                    # none for the minimal refresher, which has no metrics
+                    # none for the minimal refresher
                     for histogram, b, a in zip(
                         histograms, buckets_before, buckets_after, strict=False
                     )

@@ -50,18 +50,18 @@ EXCHANGE_SECONDS = Histogram(
     ["result"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-LATENESS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RUN_START_DELAY_SECONDS = Histogram(
     "oauth_token_operator_run_start_delay_seconds",
     "How long after its due time each run started. Runs that start seconds late mean the "
     "replica carries more clients than it can refresh on time: raise --concurrency or shard.",
-    buckets=LATENESS_BUCKETS,
+    buckets=RUN_BUCKETS,
 )
 RUN_SECONDS = Histogram(
     "oauth_token_operator_run_duration_seconds",
     "How long one run took (reads, the exchange, writes and status), each holding one of "
     "the --concurrency slots.",
-    buckets=LATENESS_BUCKETS,
+    buckets=RUN_BUCKETS,
 )
 
 

@@ -103,15 +103,13 @@ class Runner:
             assert recorded is not None
             state.waiting_for_claim = False
             metrics.REUSED_TOKENS.inc()
-            if log.isEnabledFor(logging.INFO):  # the times are formatted only to be logged
-                log.info(
-                    "%s: token in Secret %s is valid until %s; next refresh at %s "
-                    "(no exchange needed)",
-                    spec.key,
-                    spec.output.name,
-                    rfc3339(recorded.expires_at),
-                    rfc3339(decision.due),
-                )
+            log.info(
+                "%s: token in Secret %s is valid until %s; next refresh at %s (no exchange needed)",
+                spec.key,
+                spec.output.name,
+                rfc3339(recorded.expires_at),
+                rfc3339(decision.due),
+            )
             await self._succeeded(
                 spec, state, recorded.issued_at, recorded.expires_at, decision.due
             )
@@ -209,14 +207,13 @@ class Runner:
         self.rollouts.token_written(spec, token.access_token)
         due = self._plan(spec, state, written)
         state.force = False
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s: wrote a token valid until %s to Secret %s; next refresh at %s",
-                spec.key,
-                rfc3339(token.expires_at),
-                spec.output.name,
-                rfc3339(due),
-            )
+        log.info(
+            "%s: wrote a token valid until %s to Secret %s; next refresh at %s",
+            spec.key,
+            rfc3339(token.expires_at),
+            spec.output.name,
+            rfc3339(due),
+        )
         await self._succeeded(spec, state, token.issued_at, token.expires_at, due, token)
         return due
 
