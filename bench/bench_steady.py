@@ -104,10 +104,16 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
     async def window(request: web.Request) -> web.Response:
         start, end = float(request.query["start"]), float(request.query["end"])
         prefix = request.query.get("prefix", "") + "/"
-        late = sorted(
-            lateness for at, client, lateness in arrivals
+        chosen = [
+            (at, lateness) for at, client, lateness in arrivals
             if start <= at < end and client.startswith(prefix)
-        )  # fmt: skip
+        ]  # fmt: skip
+        late = sorted(lateness for _, lateness in chosen)
+        # Whether the late ones come together (a stall) or spread out (a slow refresher).
+        by_second: dict[int, int] = {}
+        for at, lateness in chosen:
+            if lateness > 1.0:
+                by_second[int(at - start)] = by_second.get(int(at - start), 0) + 1
 
         def pct(p: float) -> float | None:
             return round(late[min(int(p * len(late)), len(late) - 1)], 3) if late else None
@@ -121,6 +127,7 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
                 "max": round(late[-1], 3) if late else None,
                 "min": round(late[0], 3) if late else None,
                 "over_1s": sum(1 for x in late if x > 1.0),
+                "over_1s_by_second": by_second,
             }
         )
 
@@ -331,6 +338,7 @@ async def phase(
         after = await apimetrics.snapshot()
         buckets_after = await buckets()
         lateness = await endpoint.get("/window", start=start, end=end, prefix=namespace)
+        lateness["window_start"] = round(start, 3)
         refreshes = max(int(lateness["refreshes"]), 1)
         calls = {
             key: {"calls": after[key] - before.get(key, 0),

@@ -53,6 +53,17 @@ async def _json(call: Any) -> Any:
         response.release()
 
 
+async def _done(call: Any) -> None:
+    """As _json, for a call whose answer nobody reads (the patched object a status patch
+    returns): the body is read, not parsed."""
+    response = await call
+    try:
+        body = await response.read()
+        _raise_for_status(response.status, response.reason or "", body)
+    finally:
+        response.release()
+
+
 def _raise_for_status(status: int, reason: str, body: bytes) -> None:
     if not 200 <= status < 300:
         status_object = False
@@ -420,7 +431,7 @@ class Kube:
             )
 
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
-        await _json(
+        await _done(
             self._custom.patch_namespaced_custom_object_status(
                 API_GROUP,
                 API_VERSION,

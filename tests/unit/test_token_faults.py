@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 
 from oauth_token_operator import oauth
@@ -205,7 +205,9 @@ async def test_invalid_client_needs_a_human(idp: FakeIdP, client: TokenClient) -
 async def test_slow_answer_times_out_as_unreachable(
     idp: FakeIdP, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(oauth, "REQUEST_TIMEOUT", httpx.Timeout(0.3))
+    monkeypatch.setattr(
+        oauth, "REQUEST_TIMEOUT", aiohttp.ClientTimeout(sock_connect=0.3, sock_read=0.3)
+    )
 
     async def slow(request: Request, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(3)
@@ -289,6 +291,40 @@ async def test_connection_refused_is_transient(client: TokenClient) -> None:
     err = await exchange(client, request)
     assert err.outcome is Outcome.TRANSIENT
     assert err.reason == "ProviderUnreachable"
+
+
+async def test_token_requests_go_through_the_environments_proxy(
+    idp: FakeIdP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY and NO_PROXY apply to token requests, proxy credentials included: a
+    cluster that reaches its provider only through a proxy keeps working."""
+    port = await closed_port()  # the provider itself is unreachable but through the proxy
+    target = f"http://127.0.0.1:{port}/token"
+    idp.routes["POST", target] = response(200, token_json("at-proxied"))
+    monkeypatch.setenv("HTTP_PROXY", f"http://someone:pw@127.0.0.1:{idp.port}")
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    request = TokenRequest(
+        endpoint=Endpoint(token_endpoint=target),
+        grant_type=GrantType.CLIENT_CREDENTIALS,
+        client_auth=ClientAuth.BASIC,
+    )
+    tokens = TokenClient(EndpointPolicy(allow_http=True))
+    try:
+        token = await tokens.exchange(request, CREDS, 3600.0)
+        assert token.access_token == "at-proxied"
+        (proxied,) = idp.requests
+        assert proxied.headers["proxy-authorization"] == "Basic " + b64("someone:pw")
+    finally:
+        await tokens.aclose()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    tokens = TokenClient(EndpointPolicy(allow_http=True))
+    try:
+        err = await exchange(tokens, request)  # straight to the closed port
+    finally:
+        await tokens.aclose()
+    assert err.reason == "ProviderUnreachable"
+    assert len(idp.requests) == 1
 
 
 async def test_discovery_with_mismatched_issuer_fails(idp: FakeIdP, client: TokenClient) -> None:
