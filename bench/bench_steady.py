@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +111,7 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
         ]  # fmt: skip
         late = sorted(lateness for _, lateness in chosen)
         # Whether the late ones come together (a stall) or spread out (a slow refresher).
-        by_second: dict[int, int] = {}
-        for at, lateness in chosen:
-            if lateness > 1.0:
-                by_second[int(at - start)] = by_second.get(int(at - start), 0) + 1
+        by_second = Counter(int(at - start) for at, lateness in chosen if lateness > 1.0)
 
         def pct(p: float) -> float | None:
             return round(late[min(int(p * len(late)), len(late) - 1)], 3) if late else None
@@ -127,7 +125,7 @@ def _steady_token_server(conn: Any, lifetime: int, renew_before: int) -> None:  
                 "max": round(late[-1], 3) if late else None,
                 "min": round(late[0], 3) if late else None,
                 "over_1s": sum(1 for x in late if x > 1.0),
-                "over_1s_by_second": by_second,
+                "over_1s_by_second": dict(by_second),
             }
         )
 

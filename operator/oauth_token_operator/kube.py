@@ -12,10 +12,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client, config
-from yarl import URL
 
+from .proxies import proxy_for
 from .spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
 from .wire import rfc3339
 
@@ -41,27 +40,22 @@ class KubeError(Exception):
         return self.status == 404
 
 
+async def _body(call: Any) -> bytes:
+    """Awaits a client call made with _preload_content=False and returns its body, raising
+    KubeError for any non-2xx answer."""
+    response = await call
+    try:
+        body: bytes = await response.read()
+        _raise_for_status(response.status, response.reason or "", body)
+        return body
+    finally:
+        response.release()
+
+
 async def _json(call: Any) -> Any:
-    """Awaits a client call made with _preload_content=False and returns its JSON body,
-    raising KubeError for any non-2xx answer."""
-    response = await call
-    try:
-        body = await response.read()
-        _raise_for_status(response.status, response.reason or "", body)
-        return json.loads(body) if body else None
-    finally:
-        response.release()
-
-
-async def _done(call: Any) -> None:
-    """As _json, for a call whose answer nobody reads (the patched object a status patch
-    returns): the body is read, not parsed."""
-    response = await call
-    try:
-        body = await response.read()
-        _raise_for_status(response.status, response.reason or "", body)
-    finally:
-        response.release()
+    """As _body, parsed as JSON."""
+    body = await _body(call)
+    return json.loads(body) if body else None
 
 
 def _raise_for_status(status: int, reason: str, body: bytes) -> None:
@@ -100,14 +94,11 @@ def _look_up_environment_once(api: client.ApiClient, configuration: client.Confi
     per-request lookups. netrc has no place here: the operator brings its own credentials."""
     rest = api.rest_client
     if rest.proxy is None:
-        with contextlib.suppress(LookupError):
-            proxy, auth = get_env_proxy_for_url(URL(configuration.host))
-            rest.proxy = str(proxy)
-            if auth is not None:
-                rest.proxy_headers = {
-                    **(rest.proxy_headers or {}),
-                    "Proxy-Authorization": auth.encode(),
-                }
+        proxy, headers = proxy_for(configuration.host)
+        if proxy is not None:
+            rest.proxy = proxy
+            if headers:
+                rest.proxy_headers = {**(rest.proxy_headers or {}), **headers}
     # No public setter; aiohttp lists _trust_env among the attributes it lets callers set.
     rest.pool_manager._trust_env = False
 
@@ -431,7 +422,8 @@ class Kube:
             )
 
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
-        await _done(
+        # The patched object comes back; nobody reads it, so it is not parsed.
+        await _body(
             self._custom.patch_namespaced_custom_object_status(
                 API_GROUP,
                 API_VERSION,

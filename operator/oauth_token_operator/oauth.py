@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import email.utils
 import hashlib
 import ipaddress
@@ -29,12 +28,11 @@ from urllib.parse import quote, quote_plus, urlencode, urlsplit
 import aiohttp
 import certifi
 import jwt
-from aiohttp.helpers import get_env_proxy_for_url
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from yarl import URL
 
 from . import reasons
+from .proxies import proxy_for
 from .spec import ClientAuth, GrantType, TokenRequest
 
 # Bounds on what a provider can make the operator do or store (README: "Bounds").
@@ -502,8 +500,7 @@ class TokenClient:
         self._closing: set[asyncio.Task[None]] = set()
         # (issuer, CA) -> (expiry, token endpoint, RFC 8705 mTLS alias or "")
         self._discovery: dict[tuple[str, str], tuple[float, str, str]] = {}
-        # scheme://host:port -> the HTTPS_PROXY/HTTP_PROXY/NO_PROXY answer for it, looked up
-        # once (aiohttp's trust_env would look it up, and ~/.netrc, in a thread per request).
+        # scheme://host:port -> the environment's proxy for it (proxies.proxy_for), once.
         self._proxies: dict[str, tuple[str | None, dict[str, str]]] = {}
 
     def _http(self, ca_pem: str | None, creds: Credentials | None = None) -> aiohttp.ClientSession:
@@ -557,15 +554,9 @@ class TokenClient:
     def _proxy(self, url: str) -> tuple[str | None, dict[str, str]]:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
-        found = self._proxies.get(origin)
-        if found is None:
-            found = (None, {})
-            with contextlib.suppress(LookupError):
-                proxy, auth = get_env_proxy_for_url(URL(origin))
-                headers = {"Proxy-Authorization": auth.encode()} if auth is not None else {}
-                found = (str(proxy), headers)
-            self._proxies[origin] = found
-        return found
+        if origin not in self._proxies:
+            self._proxies[origin] = proxy_for(origin)
+        return self._proxies[origin]
 
     async def _send(
         self,
