@@ -998,7 +998,7 @@ def table(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16, help="operator --concurrency "
+    parser.add_argument("--concurrency", type=int, default=32, help="operator --concurrency "
                         "and baseline writers in flight")  # fmt: skip
     parser.add_argument("--create-concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=None,

@@ -433,7 +433,7 @@ def main() -> int:
         help="seconds before expiry; at least the operator's 90 s margin",
     )
     parser.add_argument("--window", type=int, default=120, help="measuring window, seconds")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=32)  # the operator's default
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument(
         "--profile", action="store_true", help="py-spy (PY_SPY) over the measuring window"

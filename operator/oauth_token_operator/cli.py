@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         type=_typed("CONCURRENCY", _positive_int),
-        default=_env("CONCURRENCY", "16"),
+        default=_env("CONCURRENCY", str(Settings.concurrency)),
         help="exchanges and writes in flight at once",
     )
     run.add_argument(

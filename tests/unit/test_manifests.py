@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from oauth_token_operator.cli import build_parser
 from tests.helm import helm_binary
 from tests.support.cached_build import BUILD_TIMEOUT
 
@@ -186,7 +187,7 @@ def test_default_args_and_rollout(helm: Path) -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
         "run",
-        "--concurrency=16",
+        "--concurrency=32",
         "--propagation-margin=90s",
         "--drain-timeout=25s",
         "--health-port=8080",
@@ -205,6 +206,15 @@ def test_default_args_and_rollout(helm: Path) -> None:
     # One standalone operator: never two at once, not even during a rollout.
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_chart_defaults_are_the_operators(helm: Path) -> None:
+    """An install with no values runs as `oauth-token-operator run` with no flags would."""
+    (container,) = only(render(helm), "Deployment")["spec"]["template"]["spec"]["containers"]
+    parser = build_parser()
+    chart, bare = parser.parse_args(container["args"]), parser.parse_args(["run"])
+    for option in ("concurrency", "propagation_margin", "drain_timeout", "log_level"):
+        assert getattr(chart, option) == getattr(bare, option), option
 
 
 def test_args_follow_values(helm: Path) -> None:
@@ -531,7 +541,7 @@ def test_extra_args_volumes_and_spread_reach_the_pod(helm: Path, tmp_path: Path)
     (container,) = pod["containers"]
     # After the chart's own flags, so that it wins (argparse keeps the last).
     assert container["args"][-1] == "--concurrency=4"
-    assert container["args"].index("--concurrency=16") < len(container["args"]) - 1
+    assert container["args"].index("--concurrency=32") < len(container["args"]) - 1
     assert {"name": "ca", "configMap": {"name": "corp-ca"}} in pod["volumes"]
     assert {"name": "ca", "mountPath": "/etc/corp-ca"} in container["volumeMounts"]
     (spread,) = pod["topologySpreadConstraints"]
