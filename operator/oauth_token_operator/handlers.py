@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import time
@@ -84,6 +85,7 @@ def registry_for(
             # Before kopf starts its peering keepalive, which only patches the object.
             await kube.ensure_peerings(peering.name, operator_settings.namespaces)
             memo.follower = asyncio.create_task(follow_peering(kube, memo.refresher, peering))
+        freeze_start_up_objects()
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
@@ -138,6 +140,17 @@ def registry_for(
 
     operator_settings = settings
     return registry
+
+
+def freeze_start_up_objects() -> None:
+    """Out of the garbage collector's sight: what start-up made (modules, classes, functions:
+    ~95,000 objects, 40 % of all at 6,000 clients) lives as long as the process, yet each
+    full collection walked it, a pause of the event loop every ~7 s at 100 refreshes/s (median
+    0.19 s, 0.15 s frozen; bench/README.md). Once per process, before any client: a frozen
+    object that later became part of a garbage cycle would never be freed."""
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> None:
