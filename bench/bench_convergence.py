@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from oauth_token_operator.config import Settings  # noqa: E402
+
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 RESULTS = REPO / "bench" / "results"
 GROUP, VERSION, PLURAL = "oauth-token-operator.dev", "v1alpha1", "oauthclients"
@@ -55,6 +57,8 @@ BASELINE_NAMESPACE = "bench-baseline"
 CREDENTIALS = "bench-credentials"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL = 0.5  # seconds between samples while waiting
+# Baselines run at the concurrency the operator gets, by default its own.
+CONCURRENCY = Settings.concurrency
 
 
 # --------------------------------------------------------------------------------------------
@@ -998,8 +1002,8 @@ def table(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32, help="operator --concurrency "
-                        "and baseline writers in flight")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY,
+                        help="operator --concurrency and baseline writers in flight")  # fmt: skip
     parser.add_argument("--create-concurrency", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for convergence (default 120 + N/10)")  # fmt: skip

@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.bench_convergence import (  # noqa: E402
+    CONCURRENCY,
     GROUP,
     NAMESPACE,
     PLURAL,
@@ -200,7 +201,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20000)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32, help="each shard's")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="each shard's")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--output", type=Path, default=RESULTS / "shards-latest.json")
     args = parser.parse_args()

@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:
 
 from bench.bench_convergence import (  # noqa: E402
     BASELINE_NAMESPACE,
+    CONCURRENCY,
     CREDENTIALS,
     GROUP,
     NAMESPACE,
@@ -433,7 +434,7 @@ def main() -> int:
         help="seconds before expiry; at least the operator's 90 s margin",
     )
     parser.add_argument("--window", type=int, default=120, help="measuring window, seconds")
-    parser.add_argument("--concurrency", type=int, default=32)  # the operator's default
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument(
         "--profile", action="store_true", help="py-spy (PY_SPY) over the measuring window"

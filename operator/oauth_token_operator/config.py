@@ -23,8 +23,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy)
     # A slot is held for a whole run (token request, Secret write, status patch), mostly
-    # waiting on I/O: 16 slots carried 80 refreshes/s at most on a 2-core bench machine, 32
-    # carried 100/s on time (bench/README.md).
+    # waiting on I/O: at 100 refreshes/s on a 2-core bench machine 16 slots were full (runs
+    # started a median 1 s late), 32 were not (0.01 s; bench/README.md).
     concurrency: int = 32
     # Kubelet refreshes mounted Secret files after its sync period plus cache TTL (about a
     # minute or two); a token must be renewed at least this long before it expires.
