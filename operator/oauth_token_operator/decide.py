@@ -11,6 +11,7 @@ from . import reasons, schedule
 from .oauth import OAuthError, Outcome
 from .secret_bodies import RecordedToken
 from .spec import OAuthClientSpec
+from .status import Resumed
 from .wire import rfc3339
 
 
@@ -100,6 +101,10 @@ def retry_after_failure(
     before the retry is replaced in time: expiry beats a long Retry-After or backoff."""
     needs_human = error.outcome is Outcome.NEEDS_HUMAN
     delay = schedule.retry_delay(failures, error.retry_after, needs_human, rng)
+    if error.reason == reasons.REFRESH_TOKEN_NOT_PERSISTED:
+        # The token in hand must be durable before its claim expires and someone else takes
+        # the Secret's older token: retry within seconds however long the outage lasts.
+        delay = min(delay, rng.uniform(schedule.HELD_TOKEN_RETRY / 2, schedule.HELD_TOKEN_RETRY))
     valid = recorded is not None and recorded.expires_at > now
     ready = valid and not needs_human
     reason, message = error.reason, error.message
@@ -119,4 +124,34 @@ def retry_after_failure(
 
 
 # Reasons a person should see as such even while the token in place is still valid.
-_KEEPS_OWN_REASON = frozenset({reasons.EXCHANGE_OUTCOME_UNKNOWN})
+_KEEPS_OWN_REASON = frozenset(
+    {reasons.EXCHANGE_OUTCOME_UNKNOWN, reasons.REFRESH_TOKEN_NOT_PERSISTED}
+)
+
+
+def resumed_retry(
+    resumed: Resumed | None, generation: int, *, force: bool, now: float
+) -> float | None:
+    """After a restart, a client that was failing waits for the retry the earlier process
+    recorded (status.nextRefreshTime), instead of retrying at once: a restart must not turn
+    many failing clients into a burst at the provider, nor send a revoked refresh token again
+    early. None: act now (not failing, the spec changed meanwhile, a trigger, or due)."""
+    if resumed is None or resumed.failures == 0 or force or resumed.generation != generation:
+        return None
+    if resumed.next_refresh is None or resumed.next_refresh <= now:
+        return None
+    return resumed.next_refresh
+
+
+def resumed_plan(
+    resumed: Resumed | None, generation: int, expires_at: float, propagation_margin: float
+) -> float | None:
+    """After a restart, the refresh time the earlier process drew for this very token, so
+    that status.nextRefreshTime stays true without a status write; None: draw anew."""
+    if resumed is None or resumed.failures or resumed.generation != generation:
+        return None
+    if resumed.expires_at is None or int(resumed.expires_at) != int(expires_at):
+        return None
+    if resumed.next_refresh is None or resumed.next_refresh > expires_at - propagation_margin:
+        return None
+    return resumed.next_refresh

@@ -4,6 +4,7 @@ async API client. Objects travel as plain dicts (as kopf hands them over), which
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from .proxies import proxy_for
 from .spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
@@ -39,13 +41,44 @@ class KubeError(Exception):
     def not_found(self) -> bool:
         return self.status == 404
 
+    @property
+    def unreachable(self) -> bool:
+        """No answer at all: refused, reset, timed out, TLS failed, a body cut off."""
+        return self.status == UNREACHABLE
+
+
+# KubeError.status when the API server gave no HTTP answer.
+UNREACHABLE = 0
+
+# What the Kubernetes client raises when the API server is down, restarting or cut off
+# mid-answer: aiohttp's errors, timeouts and socket/TLS errors (ssl.SSLError is an OSError),
+# and the client's own ApiException. All become one KubeError, so every caller that handles
+# an API failure handles these too (a rotated refresh token in hand is kept, not dropped).
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiException)
+
+
+def unreachable(exc: BaseException) -> KubeError:
+    """The KubeError for a call that got no (whole) answer. The message names the error
+    type and aiohttp's text (host, port, errno), never a request or response body."""
+    if isinstance(exc, ApiException) and exc.status:
+        return KubeError(int(exc.status), str(exc.reason or "")[:300])
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return KubeError(UNREACHABLE, f"the Kubernetes API did not answer ({what})")
+
 
 async def _body(call: Any) -> bytes:
     """Awaits a client call made with _preload_content=False and returns its body, raising
     KubeError for any non-2xx answer."""
-    response = await call
     try:
-        body: bytes = await response.read()
+        response = await call
+    except _TRANSPORT_ERRORS as exc:
+        raise unreachable(exc) from None
+    try:
+        try:
+            body: bytes = await response.read()
+        except _TRANSPORT_ERRORS as exc:
+            raise unreachable(exc) from None
         _raise_for_status(response.status, response.reason or "", body)
         return body
     finally:
@@ -372,16 +405,21 @@ class Kube:
                 sock_connect=30, sock_read=server_timeout + 30
             ),
         }
-        if namespace is None:
-            response = await self._core.list_secret_for_all_namespaces(**kwargs)
-        else:
-            response = await self._core.list_namespaced_secret(namespace, **kwargs)
+        try:
+            if namespace is None:
+                response = await self._core.list_secret_for_all_namespaces(**kwargs)
+            else:
+                response = await self._core.list_namespaced_secret(namespace, **kwargs)
+        except _TRANSPORT_ERRORS as exc:
+            raise unreachable(exc) from None
         try:
             if not 200 <= response.status < 300:
                 _raise_for_status(response.status, response.reason or "", await response.read())
             async for line in response.content:
                 if line.strip():
                     yield json.loads(line)
+        except _TRANSPORT_ERRORS as exc:
+            raise unreachable(exc) from None
         finally:
             response.release()
 

@@ -76,10 +76,14 @@ class Refresher:
         if state is None or (state.spec and state.spec.uid != uid):
             previous = body.get("status") or {}
             never_reported = not previous
+            resumed = status.Resumed.from_status(previous)
             state = ClientState(
                 spec=None,
                 condition=status.Condition.from_status(previous),
+                # The backoff goes on from the recorded count, not from 0.
+                failures=resumed.failures if resumed else 0,
                 grant_invalid_since=parse_rfc3339(previous.get("grantInvalidSince")),
+                resumed=resumed,
             )
         try:
             spec = parse(body)

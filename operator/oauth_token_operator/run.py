@@ -62,6 +62,8 @@ class ClientState:
     waiting_for_claim: bool = False
     # When this process last started an exchange for the client (the hard floor).
     last_exchange: float | None = None
+    # What an earlier process recorded in status; used by the first run after a restart.
+    resumed: status.Resumed | None = None
 
 
 class Runner:
@@ -90,13 +92,26 @@ class Runner:
         try:
             output, gathered, inputs = await self._gather(spec, state)
         except KubeError as exc:
-            error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
-            return await self._failed(spec, state, None, error, output_exists=None)
+            return await self._failed(spec, state, None, _kube_failure(spec, state, exc), None)
         recorded = gathered.recorded
         planned = self._plan(spec, state, recorded) if recorded is not None else None
         decision = decide.decide(
             spec, gathered, force=state.force, planned_due=planned, now=self.clock()
         )
+        resumed, state.resumed = state.resumed, None
+        if not isinstance(decision, decide.Reuse):
+            held = decide.resumed_retry(
+                resumed, spec.generation, force=state.force, now=self.clock()
+            )
+            if held is not None:
+                log.info(
+                    "%s: was failing before the restart (%d failures); next try at %s, as "
+                    "its status says",
+                    spec.key,
+                    state.failures,
+                    rfc3339(held),
+                )
+                return held
         if isinstance(decision, decide.Fail):
             return await self._failed(spec, state, recorded, decision.error, output is not None)
         if isinstance(decision, decide.Reuse):
@@ -141,7 +156,7 @@ class Runner:
                 state.credentials_fingerprint = "absent"  # so that its creation triggers a run
             return output, decide.Gathered(recorded, inputs_error=exc), None
         except KubeError as exc:
-            error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+            error = _kube_failure(spec, state, exc)
             return output, decide.Gathered(recorded, inputs_error=error), None
         state.unpersisted_refresh_token = None  # read_inputs persisted it
         state.credentials_fingerprint = fingerprint(inputs.creds)
@@ -181,16 +196,11 @@ class Runner:
                 state.unpersisted_refresh_token = exc.rotated_refresh_token
             return await self._failed(spec, state, recorded, exc, output is not None)
         except KubeError as exc:
-            error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+            error = _kube_failure(spec, state, exc)
             return await self._failed(spec, state, recorded, error, output is not None)
         written = RecordedToken(token.issued_at, token.expires_at, spec.spec_hash)
         if state.unpersisted_refresh_token:
-            error = OAuthError(
-                Outcome.TRANSIENT,
-                reasons.REFRESH_TOKEN_NOT_PERSISTED,
-                "the rotated refresh token could not be written to Secret "
-                f"{spec.credentials.secret_name} yet; it is kept in memory and retried",
-            )
+            error = _not_persisted(spec, "")
             return await self._failed(spec, state, written, error, True)
         if schedule.too_short_lived(token.issued_at, token.expires_at):
             error = OAuthError(
@@ -223,13 +233,12 @@ class Runner:
         seconds: the token just written has fractions, the Secret records seconds."""
         key = (int(token.issued_at), int(token.expires_at), spec.refresh)
         if state.plan is None or state.plan[0] != key:
-            due = schedule.refresh_at(
-                token.issued_at,
-                token.expires_at,
-                spec.refresh,
-                self.settings.propagation_margin,
-                self.rng,
-            )
+            margin = self.settings.propagation_margin
+            due = decide.resumed_plan(state.resumed, spec.generation, token.expires_at, margin)
+            if due is None:
+                due = schedule.refresh_at(
+                    token.issued_at, token.expires_at, spec.refresh, margin, self.rng
+                )
             state.plan = (key, due)
         return state.plan[1]
 
@@ -342,3 +351,21 @@ class Runner:
         state.condition = await self.reporter.report(
             spec.key, spec.uid, spec.generation, state.condition, ready, reason, message, fields
         )
+
+
+def _not_persisted(spec: OAuthClientSpec, why: str) -> OAuthError:
+    return OAuthError(
+        Outcome.TRANSIENT,
+        reasons.REFRESH_TOKEN_NOT_PERSISTED,
+        "the rotated refresh token could not be written to Secret "
+        f"{spec.credentials.secret_name} yet{why}; it is kept in memory and retried within "
+        "seconds (the old one is never sent again)",
+    )
+
+
+def _kube_failure(spec: OAuthClientSpec, state: ClientState, exc: KubeError) -> OAuthError:
+    """An API failure as the run's error. While a rotated refresh token is held in memory,
+    that is the news: the status says so, and the retry comes within seconds."""
+    if state.unpersisted_refresh_token is not None:
+        return _not_persisted(spec, f" ({exc})")
+    return OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 # still valid gets several more tries before it expires.
 BACKOFF_BASE = 5.0
 BACKOFF_CAP = 300.0
+# A rotated refresh token that could not be written yet is retried at most this far apart.
+HELD_TOKEN_RETRY = 4.0
 # Failures that need a person (invalid_client, invalid_grant, ...): retry slowly; a change of
 # the spec or the credentials Secret retries at once.
 HUMAN_RETRY_BASE = 300.0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import reasons
-from .wire import rfc3339
+from .wire import parse_rfc3339, rfc3339
 
 READY = "Ready"
 
@@ -42,6 +42,35 @@ class Condition:
             "lastTransitionTime": self.last_transition_time,
             "observedGeneration": self.observed_generation,
         }
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What an earlier process recorded in status, for a restart to carry on from instead
+    of starting over: a failing client waits for its recorded retry with its failure count,
+    a healthy one keeps its recorded refresh time (so status stays true without a write)."""
+
+    generation: int  # the spec generation the status was written for
+    failures: int
+    next_refresh: float | None
+    expires_at: float | None
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any] | None) -> Resumed | None:
+        status = status or {}
+        condition = Condition.from_status(status)
+        if condition is None:
+            return None
+        try:
+            failures = max(int(status.get("consecutiveFailures") or 0), 0)
+        except (TypeError, ValueError):
+            failures = 0
+        return cls(
+            condition.observed_generation,
+            failures,
+            parse_rfc3339(status.get("nextRefreshTime")),
+            parse_rfc3339(status.get("expiresAt")),
+        )
 
 
 def next_condition(

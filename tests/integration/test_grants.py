@@ -99,6 +99,62 @@ def test_sigterm_with_refreshes_in_flight_loses_no_grant(
         process.stop()
 
 
+def test_an_api_server_down_when_the_rotated_token_arrives_loses_no_grant(
+    control_plane: ControlPlane,
+    cluster: Cluster,
+    rotating_idp: IdentityProvider,
+    idp_ca_secret: str,
+    tmp_path: Path,
+) -> None:
+    """The provider's answer (a rotated refresh token) arrives while kube-apiserver is
+    down for longer than the persist's own retries: the operator keeps the token in hand,
+    writes it once the apiserver is back, and refreshes with it; the provider, which
+    revokes the grant when an old token comes back, never sees reuse."""
+    result = login(cluster, rotating_idp, tmp_path, "down-creds", RT_POST, RT_POST_SECRET)
+    assert result.returncode == 0, result.stderr
+    cluster.apply(refresh_client("down", rotating_idp, "down-creds"))
+    process = operator(control_plane, cluster, tmp_path / "operator.log").start()
+    try:
+        cluster.wait_ready("down")
+        before = (cluster.secret_data("down-creds") or {}).get("refresh_token")
+        rotating_idp.reset_stats()
+        rotating_idp.delay_token_answers(4000)
+        eventually(
+            lambda: rotating_idp.in_flight() >= 1,
+            timeout=40,
+            interval=0.05,
+            what="a refresh in flight",
+        )
+        control_plane.stop_apiserver()
+        try:
+            eventually(lambda: rotating_idp.in_flight() == 0, timeout=20, what="the answer sent")
+            time.sleep(12)  # the persist's own retries (~6 s) give up meanwhile
+            assert rotating_idp.stats()["byGrant"]["refresh_token"] == 1
+        finally:
+            rotating_idp.delay_token_answers(0)
+            control_plane.start_apiserver()
+        # Written from memory once the apiserver is back, then used for the next refreshes.
+        eventually(
+            lambda: (cluster.secret_data("down-creds") or {}).get("refresh_token") != before,
+            timeout=30,
+            what="the rotated refresh token persisted",
+        )
+        eventually(
+            lambda: rotating_idp.stats()["byGrant"]["refresh_token"] >= 3,
+            timeout=60,
+            what="two refreshes after the outage",
+        )
+        stats = rotating_idp.stats()
+        assert stats["invalidGrant"] == 0, stats["invalidGrantReasons"]
+        ready = cluster.ready("down")
+        assert ready is not None and ready["status"] == "True", ready
+        logs = process.logs()
+        assert "RefreshTokenNotPersisted" in logs
+        assert "failed unexpectedly" not in logs
+    finally:
+        process.stop()
+
+
 def test_clients_sharing_one_refresh_token_keep_the_grant(
     control_plane: ControlPlane,
     cluster: Cluster,

@@ -371,7 +371,15 @@ class ControlPlane(Service):
     def restart_apiserver(self) -> None:
         """Stops kube-apiserver and starts it again on the same port over the same etcd, as
         an apiserver upgrade or crash does; returns once it is ready."""
+        self.stop_apiserver()
+        self.start_apiserver()
+
+    def stop_apiserver(self) -> None:
+        """Stops kube-apiserver (its port then refuses connections); start_apiserver()
+        brings it back. Tests that stop it must start it again, even when they fail."""
         self.stop_process("kube-apiserver")
+
+    def start_apiserver(self) -> None:
         self._spawn("kube-apiserver", self._apiserver_args)
         self._wait_ready(time.monotonic() + self.startup_timeout)
 

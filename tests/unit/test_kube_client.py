@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from oauth_token_operator.kube import Kube
+from oauth_token_operator.kube import Kube, KubeError
 
 
 def kubeconfig(tmp_path: Path, server: str) -> str:
@@ -97,3 +98,53 @@ async def test_the_proxy_variables_are_honoured_once(
         assert kube._api.rest_client.proxy is None
     finally:
         await kube.close()
+
+
+async def test_an_api_server_that_is_down_is_a_kube_error(tmp_path: Path) -> None:
+    """Connection refused is one KubeError with a reason, not aiohttp's exception: every
+    caller that keeps a rotated refresh token on an API failure must see it as one."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kube = await Kube.connect(kubeconfig(tmp_path, f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(KubeError) as raised:
+            await kube.get_secret("ns", "creds")
+        with pytest.raises(KubeError):
+            await kube.replace_secret("ns", {"metadata": {"name": "creds"}, "data": {}})
+        with pytest.raises(KubeError):
+            async for _ in kube.watch_secrets("ns", "1", 5):
+                pass
+    finally:
+        await kube.close()
+    assert raised.value.unreachable
+    assert "ClientConnectorError" in str(raised.value)
+
+
+async def test_an_answer_cut_off_mid_body_is_a_kube_error(tmp_path: Path) -> None:
+    """An apiserver that dies while answering (a half-read body)."""
+
+    async def cut_off(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b'{"kind": "Secret", "data": {"client_secret": "')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", cut_off)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    kube = await Kube.connect(kubeconfig(tmp_path, f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(KubeError) as raised:
+            await kube.get_secret("ns", "creds")
+    finally:
+        await kube.close()
+        await runner.cleanup()
+    assert raised.value.unreachable
+    assert "client_secret" not in str(raised.value)

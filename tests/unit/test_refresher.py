@@ -8,16 +8,17 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import Callable
+from random import Random
 from typing import Any, cast
 
 import pytest
 import tenacity
 from prometheus_client import REGISTRY
 
-from oauth_token_operator import reasons, schedule
+from oauth_token_operator import decide, reasons, schedule
 from oauth_token_operator.config import Settings
 from oauth_token_operator.custody import CLAIM_ANNOTATION
-from oauth_token_operator.kube import KubeError
+from oauth_token_operator.kube import UNREACHABLE, KubeError
 from oauth_token_operator.oauth import (
     Credentials,
     OAuthError,
@@ -26,7 +27,7 @@ from oauth_token_operator.oauth import (
     parse_token_response,
 )
 from oauth_token_operator.refresh import Refresher
-from oauth_token_operator.secret_bodies import owned_by
+from oauth_token_operator.secret_bodies import RecordedToken, owned_by
 from oauth_token_operator.spec import (
     EXPIRES_AT_ANNOTATION,
     MANAGED_BY_LABEL,
@@ -73,6 +74,7 @@ class FakeKube:
         self.failing_data: set[str] = set()
         self.failing_reads: set[str] = set()  # secret names whose reads answer HTTP 500
         self.reads: list[str] = []  # secret names read
+        self.down = False  # every call fails as an unreachable API server's do
         self.config_maps: dict[tuple[str, str], dict[str, Any]] = {}
         # (namespace, kind, name) -> pod template annotations; patches as (kind, name, patch)
         self.workloads: dict[tuple[str, str, str], dict[str, str]] = {}
@@ -82,6 +84,10 @@ class FakeKube:
         self.minted: list[tuple[str, str, str]] = []
         self.apiserver_audiences = {"https://apiserver.example"}  # its issuer among them
         self._rv = 0
+
+    def _check_up(self) -> None:
+        if self.down:
+            raise KubeError(UNREACHABLE, "the Kubernetes API did not answer (injected)")
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -97,6 +103,7 @@ class FakeKube:
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.reads.append(name)
+        self._check_up()
         if name in self.failing_reads:
             raise KubeError(500, "injected")
         secret = self.secrets.get((namespace, name))
@@ -142,6 +149,7 @@ class FakeKube:
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         self.writes.append(("create", name))
+        self._check_up()
         if name in self.failing:
             raise KubeError(500, "injected")
         if (namespace, name) in self.secrets:
@@ -152,6 +160,7 @@ class FakeKube:
     async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         self.writes.append(("replace", name))
+        self._check_up()
         if name in self.failing:
             raise KubeError(500, "injected")
         current = self.secrets.get((namespace, name))
@@ -166,6 +175,7 @@ class FakeKube:
         return copy.deepcopy(self.secrets[namespace, name])
 
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+        self._check_up()
         self.status_patches.append(copy.deepcopy(status))
         self.statuses.setdefault(key, {}).update(copy.deepcopy(status))
 
@@ -527,6 +537,54 @@ async def test_failed_persist_keeps_token_in_memory_and_never_reuses_the_old_one
     assert world.tokens.refresh_tokens_sent == ["r1", "r2"]
 
 
+async def test_an_api_server_down_after_the_answer_keeps_the_grant(no_backoff: None) -> None:
+    """The provider rotated the refresh token and then the API server went away (nothing
+    can be read, written or reported): the token stays in hand, retried within seconds for
+    as long as the outage lasts, and is written before anything else once it is back."""
+    world = World("refresh_token")
+    first = await world.start()
+    assert first is not None
+    world.clock.now = first
+    respond = world.tokens.respond
+
+    def answer_then_fall(creds: Credentials, now: float) -> Token | OAuthError:
+        world.kube.down = True
+        return respond(creds, now)
+
+    world.tokens.respond = answer_then_fall
+    due = await world.refresher._run(KEY)
+    assert world.tokens.refresh_tokens_sent == ["r1", "r2"]
+    state = world.refresher.clients[KEY]
+    assert state.unpersisted_refresh_token == "r3"
+    for _ in range(5):  # a long outage: each retry within seconds, no exchange
+        assert due is not None and due - world.clock.now <= schedule.HELD_TOKEN_RETRY
+        world.clock.now = due
+        due = await world.refresher._run(KEY)
+    assert world.tokens.refresh_tokens_sent == ["r1", "r2"]
+
+    world.kube.down = False
+    world.tokens.respond = respond
+    assert due is not None
+    world.clock.now = due
+    world.kube.writes.clear()
+    await world.refresher._run(KEY)
+    assert world.kube.writes[0] == ("replace", CREDS_SECRET)
+    # Still due (the new access token was never written): refreshed with r3, never r2 again.
+    assert world.tokens.refresh_tokens_sent == ["r1", "r2", "r3"]
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r4"
+    assert state.unpersisted_refresh_token is None
+    assert world.kube.ready()["status"] == "True"
+
+
+def test_a_held_refresh_token_is_retried_within_seconds_whatever_the_failure_count() -> None:
+    error = OAuthError(Outcome.TRANSIENT, reasons.REFRESH_TOKEN_NOT_PERSISTED, "x")
+    recorded = RecordedToken(START, START + LIFETIME, "h")
+    for failures in (1, 5, 30):
+        retry = decide.retry_after_failure(error, failures, recorded, START, 90.0, Random(1))
+        assert START < retry.at <= START + schedule.HELD_TOKEN_RETRY
+        assert retry.reason == reasons.REFRESH_TOKEN_NOT_PERSISTED  # not RefreshRetrying
+
+
 async def test_failed_persist_next_run_when_due_exchanges_with_the_new_token(
     no_backoff: None,
 ) -> None:
@@ -626,6 +684,74 @@ async def test_restart_does_not_repeat_the_warning_event() -> None:
     await world.refresher._run(KEY)
     assert [e[1] for e in world.kube.events] == ["InvalidClient"]
     assert world.kube.ready()["reason"] == "InvalidClient"
+
+
+async def test_restart_resumes_a_failing_client_at_its_recorded_retry() -> None:
+    """A kill -9 and restart: a client that was failing waits for the retry its status
+    records, with its failure count, instead of sending the same credentials again at once."""
+    world = World()
+    world.tokens.respond = invalid_client
+    await world.start()
+    world.clock.now += 60
+    second = await world.refresher._run(KEY)  # a second failure, recorded as such
+    assert world.kube.statuses[KEY]["consecutiveFailures"] == 2
+    recorded_retry = parse_rfc3339(world.kube.statuses[KEY]["nextRefreshTime"])
+    assert second is not None and recorded_retry == pytest.approx(second, abs=1)
+    calls = len(world.tokens.calls)
+
+    world.clock.now += 30
+    world.refresher = world.new_refresher()
+    await world.refresher.observe(world.body())
+    due = await world.refresher._run(KEY)
+
+    assert len(world.tokens.calls) == calls  # nothing sent before the recorded retry
+    assert due == recorded_retry
+    assert recorded_retry is not None
+    world.clock.now = recorded_retry
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == calls + 1
+    assert world.kube.statuses[KEY]["consecutiveFailures"] == 3  # counted on, not from 0
+
+
+async def test_restart_of_a_failing_client_still_retries_at_once_on_new_credentials() -> None:
+    world = World()
+    world.tokens.respond = invalid_client
+    await world.start()
+    world.refresher = world.new_refresher()
+    await world.refresher.observe(world.body())
+    await world.refresher._run(KEY)  # held until the recorded retry
+    calls = len(world.tokens.calls)
+
+    world.tokens.respond = world.tokens.issue
+    fixed = copy.deepcopy(world.kube.secrets[NS, CREDS_SECRET])
+    fixed["data"]["client_secret"] = b64("secret-2")
+    world.kube.put(NS, fixed)
+    world.refresher.secret_changed(NS, CREDS_SECRET, world.kube.secrets[NS, CREDS_SECRET])
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now
+    await world.refresher._run(KEY)
+    assert len(world.tokens.calls) == calls + 1
+    assert world.kube.ready()["status"] == "True"
+
+
+async def test_restart_keeps_the_recorded_refresh_time_so_status_stays_true() -> None:
+    """A restarted process does not draw a new jitter for a token the last one planned:
+    status.nextRefreshTime (unwritten on restart) stays the time of the next refresh."""
+    world = World()
+    await world.start()
+    recorded = parse_rfc3339(world.kube.statuses[KEY]["nextRefreshTime"])
+    patches = len(world.kube.status_patches)
+    for seed in range(5):  # whatever the new process's random draw
+        world.refresher = Refresher(
+            world.kube,
+            world.tokens,
+            Settings(concurrency=4, propagation_margin=90.0),
+            clock=world.clock,
+            rng=Random(seed),
+        )
+        await world.refresher.observe(world.body())
+        due = await world.refresher._run(KEY)
+        assert due == recorded
+    assert len(world.kube.status_patches) == patches
 
 
 async def test_transient_failure_without_a_token_is_not_ready() -> None:
