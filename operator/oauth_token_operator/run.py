@@ -38,6 +38,10 @@ from .wire import rfc3339
 log = logging.getLogger(__name__)
 
 
+# A credentials fingerprint no Secret has: the last run could not use the client's inputs.
+UNUSABLE = "unusable"
+
+
 @dataclass
 class ClientState:
     """What the operator remembers about one OAuthClient between runs."""
@@ -48,8 +52,8 @@ class ClientState:
     # The next run must exchange even if the token in place is valid: the credentials or the
     # spec changed after a failure, or the output Secret vanished.
     force: bool = False
-    # Identifies the client ID/secret/key last used ("absent": the Secret did not exist),
-    # and the refresh token last read or written.
+    # Identifies the client ID/secret/key last used (UNUSABLE: the inputs could not be read
+    # or used), and the refresh token last read or written.
     credentials_fingerprint: str | None = None
     refresh_fingerprint: str | None = None
     # The refresh time drawn for the current token: ((issued, expires, policy), due).
@@ -152,10 +156,12 @@ class Runner:
                 self.kube, self.config_maps, spec, state.unpersisted_refresh_token
             )
         except OAuthError as exc:
-            if exc.reason == reasons.CREDENTIALS_NOT_FOUND:
-                state.credentials_fingerprint = "absent"  # so that its creation triggers a run
+            # Whatever is wrong (missing, wrong keys, a bad CA bundle), any change of a
+            # Secret it reads triggers a run: the fix is seen within seconds, not at a timer.
+            state.credentials_fingerprint = UNUSABLE
             return output, decide.Gathered(recorded, inputs_error=exc), None
         except KubeError as exc:
+            state.credentials_fingerprint = UNUSABLE
             error = _kube_failure(spec, state, exc)
             return output, decide.Gathered(recorded, inputs_error=error), None
         state.unpersisted_refresh_token = None  # read_inputs persisted it

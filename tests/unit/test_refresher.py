@@ -754,6 +754,33 @@ async def test_restart_keeps_the_recorded_refresh_time_so_status_stays_true() ->
     assert len(world.kube.status_patches) == patches
 
 
+@pytest.mark.parametrize("broken", ["wrong key names", "no CA bundle key"])
+async def test_fixing_a_secret_a_failing_client_reads_retries_at_once(broken: str) -> None:
+    """Not only a missing Secret created later: a Secret with the wrong keys, fixed by its
+    owner, triggers a run within seconds instead of waiting for the retry timer."""
+    world = World()
+    name, fixed_data = CREDS_SECRET, {"client_id": b64("id-1"), "client_secret": b64("s")}
+    spec: dict[str, Any] = {}
+    if broken == "wrong key names":
+        world.kube.put(NS, {"metadata": {"name": name, "namespace": NS}, "data": {"id": "x"}})
+    else:
+        name, fixed_data = "idp-ca", {"ca.crt": b64("-----BEGIN CERTIFICATE-----")}
+        world.kube.put(NS, {"metadata": {"name": name, "namespace": NS}, "data": {}})
+        spec = {"tls": {"caBundleSecretRef": {"name": name}}}
+    await world.refresher.observe(world.body(**spec))
+    due = await world.refresher._run(KEY)
+    assert world.kube.ready()["status"] == "False"
+    assert due is not None and due > world.clock.now + 60  # a slow retry: a person must act
+    world.refresher.scheduler.schedule(KEY, due)
+
+    fixed = copy.deepcopy(world.kube.secrets[NS, name])
+    fixed["data"] = fixed_data
+    world.kube.put(NS, fixed)
+    world.refresher.secret_changed(NS, name, world.kube.secrets[NS, name])
+
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now
+
+
 async def test_transient_failure_without_a_token_is_not_ready() -> None:
     world = World()
     world.tokens.respond = lambda creds, now: OAuthError(
