@@ -155,3 +155,19 @@ def resumed_plan(
     if resumed.next_refresh is None or resumed.next_refresh > expires_at - propagation_margin:
         return None
     return resumed.next_refresh
+
+
+def api_failure(spec: OAuthClientSpec, message: str, holding_refresh_token: bool) -> OAuthError:
+    """A Kubernetes API failure (or, with no message, a rotated refresh token that could not
+    be written) as a run's error. While a rotated refresh token is held in memory, that is
+    the news: the status says so, and the retry comes within seconds."""
+    if not holding_refresh_token:
+        return OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, message)
+    why = f" ({message})" if message else ""
+    return OAuthError(
+        Outcome.TRANSIENT,
+        reasons.REFRESH_TOKEN_NOT_PERSISTED,
+        "the rotated refresh token could not be written to Secret "
+        f"{spec.credentials.secret_name} yet{why}; it is kept in memory and retried within "
+        "seconds (the old one is never sent again)",
+    )

@@ -49,6 +49,9 @@ REFRESH_TOKEN_IN_USE = "RefreshTokenInUse"  # another process holds the refresh 
 
 KUBERNETES_ERROR = "KubernetesError"
 
+# Events only: someone changed the output Secret; the operator put its token back.
+SECRET_RESTORED = "SecretRestored"
+
 # Rollout targets (Events only: the token itself is fine).
 ROLLOUT_RESTARTED = "RolloutRestarted"
 ROLLOUT_TARGET_NOT_FOUND = "RolloutTargetNotFound"

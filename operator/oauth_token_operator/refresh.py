@@ -22,7 +22,13 @@ from .oauth import OAuthError
 from .ports import KubeAPI, TokenAPI
 from .rollout import Restarter
 from .run import ClientState, Runner
-from .secret_bodies import credentials_from, fingerprint, refresh_fingerprint
+from .secret_bodies import (
+    credentials_from,
+    fingerprint,
+    owned_by,
+    refresh_fingerprint,
+    repaired,
+)
 from .secret_cache import CachedSecrets
 from .spec import ObjectKey, SpecError, parse
 from .wire import parse_rfc3339
@@ -140,6 +146,9 @@ class Refresher:
         client is failing (a new login after invalid_grant), and a deleted output Secret
         trigger a run within seconds; a rotated refresh token alone (ours, a sibling's, the
         CLI's) waits for the next due run; anything else is ignored cheaply."""
+        owner = self._owners.get((namespace, name))
+        if owner is not None and secret is not None:
+            self._note_drift(owner, namespace, name, secret)
         self.secrets.noted(namespace, name, secret)
         for key in self._readers.get((namespace, name), ()):
             state = self.clients[key]
@@ -169,10 +178,25 @@ class Refresher:
             log.info("secret %s/%s changed; refreshing %s", namespace, name, key)
             state.force = True
             self.scheduler.schedule_now(key)
-        owner = self._owners.get((namespace, name))
         if owner is not None and secret is None and owner in self.clients:
             log.info("output secret %s/%s was deleted; refreshing %s", namespace, name, owner)
             self.clients[owner].force = True
+            self.scheduler.schedule_now(owner)
+
+    def _note_drift(
+        self, owner: ObjectKey, namespace: str, name: str, seen: dict[str, Any]
+    ) -> None:
+        """An output Secret changed: if what the operator wrote (kept in memory) drifted,
+        the owner's next run, now, puts it back."""
+        state = self.clients.get(owner)
+        written = self.secrets.peek(namespace, name)
+        if state is None or state.spec is None or written is None:
+            return
+        if not (owned_by(written, state.spec.uid) and owned_by(seen, state.spec.uid)):
+            return  # not ours to repair (a takeover is SecretNotOwned on the next run)
+        repair = repaired(written, seen)
+        if repair is not None:
+            state.repair = repair
             self.scheduler.schedule_now(owner)
 
     def client_samples(self) -> list[metrics.ClientSample]:

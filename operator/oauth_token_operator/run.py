@@ -26,7 +26,9 @@ from .rollout import Restarter
 from .secret_bodies import (
     RecordedToken,
     access_token_in,
+    adopted,
     fingerprint,
+    ours,
     output_secret,
     owned_by,
     recorded_token,
@@ -38,6 +40,8 @@ from .wire import rfc3339
 log = logging.getLogger(__name__)
 
 
+# Drift repairs of one output Secret are at least this far apart.
+MIN_REPAIR_INTERVAL = 10.0
 # A credentials fingerprint no Secret has: the last run could not use the client's inputs.
 UNUSABLE = "unusable"
 
@@ -68,6 +72,10 @@ class ClientState:
     last_exchange: float | None = None
     # What an earlier process recorded in status; used by the first run after a restart.
     resumed: status.Resumed | None = None
+    # The output Secret as the operator last wrote it, when someone else changed it since
+    # (secret_bodies.repaired); the next run writes it back.
+    repair: dict[str, Any] | None = field(default=None, repr=False)
+    last_repair: float | None = None
 
 
 class Runner:
@@ -96,7 +104,13 @@ class Runner:
         try:
             output, gathered, inputs = await self._gather(spec, state)
         except KubeError as exc:
-            return await self._failed(spec, state, None, _kube_failure(spec, state, exc), None)
+            return await self._failed(
+                spec,
+                state,
+                None,
+                _api_failure(spec, state, exc),
+                None,
+            )
         recorded = gathered.recorded
         planned = self._plan(spec, state, recorded) if recorded is not None else None
         decision = decide.decide(
@@ -147,9 +161,21 @@ class Runner:
     ) -> tuple[dict[str, Any] | None, decide.Gathered, Inputs | None]:
         """The output Secret first: a failure reading the inputs must still know whether a
         valid token is in place (Ready stays True while it is)."""
-        output = await self.kube.get_secret(spec.key.namespace, spec.output.name)
-        if output is not None and not owned_by(output, spec.uid):
+        ns = spec.key.namespace
+        output = await self.kube.get_secret(ns, spec.output.name)
+        if output is not None and not ours(output, spec):
             return output, decide.Gathered(recorded=None, owned=False), None
+        if output is not None and not owned_by(output, spec.uid):
+            # At once, not with the next token: the garbage collector deletes a Secret
+            # whose owner is gone.
+            output = await self.kube.replace_secret(ns, adopted(output, spec))
+            log.info(
+                "%s: adopted Secret %s, written for an earlier OAuthClient of this name",
+                spec.key,
+                spec.output.name,
+            )
+        if state.repair is not None:
+            output = await self._repair(spec, state, output)
         recorded = recorded_token(output, spec.output.access_token_key) if output else None
         try:
             inputs = await read_inputs(
@@ -162,12 +188,45 @@ class Runner:
             return output, decide.Gathered(recorded, inputs_error=exc), None
         except KubeError as exc:
             state.credentials_fingerprint = UNUSABLE
-            error = _kube_failure(spec, state, exc)
+            error = _api_failure(spec, state, exc)
             return output, decide.Gathered(recorded, inputs_error=error), None
         state.unpersisted_refresh_token = None  # read_inputs persisted it
         state.credentials_fingerprint = fingerprint(inputs.creds)
         state.refresh_fingerprint = refresh_fingerprint(inputs.creds)
         return output, decide.Gathered(recorded), inputs
+
+    async def _repair(
+        self, spec: OAuthClientSpec, state: ClientState, output: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Puts back what the operator last wrote into an output Secret someone changed:
+        the token in hand, no token request. At most once per MIN_REPAIR_INTERVAL, so a
+        writer that keeps fighting gets no hot loop."""
+        repair, state.repair = state.repair, None
+        now = self.clock()
+        if output is None or repair is None:
+            return output
+        if state.last_repair is not None and now < state.last_repair + MIN_REPAIR_INTERVAL:
+            return output  # the next due run writes the Secret anyway
+        state.last_repair = now
+        try:
+            written = await self.kube.replace_secret(spec.key.namespace, repair)
+        except KubeError as exc:  # changed again (409) or gone: its watch event decides anew
+            log.info("%s: could not restore Secret %s: %s", spec.key, spec.output.name, exc)
+            return output
+        log.info(
+            "%s: Secret %s was changed by someone else; restored the token in place",
+            spec.key,
+            spec.output.name,
+        )
+        await self.reporter.api.post_event(
+            spec.key,
+            spec.uid,
+            "Warning",
+            reasons.SECRET_RESTORED,
+            f"Secret {spec.output.name} was changed by someone else; the operator restored "
+            "its token (change the OAuthClient's spec.secret instead)",
+        )
+        return written
 
     async def _exchange(
         self,
@@ -202,11 +261,11 @@ class Runner:
                 state.unpersisted_refresh_token = exc.rotated_refresh_token
             return await self._failed(spec, state, recorded, exc, output is not None)
         except KubeError as exc:
-            error = _kube_failure(spec, state, exc)
+            error = _api_failure(spec, state, exc)
             return await self._failed(spec, state, recorded, error, output is not None)
         written = RecordedToken(token.issued_at, token.expires_at, spec.spec_hash)
         if state.unpersisted_refresh_token:
-            error = _not_persisted(spec, "")
+            error = decide.api_failure(spec, "", holding_refresh_token=True)
             return await self._failed(spec, state, written, error, True)
         if schedule.too_short_lived(token.issued_at, token.expires_at):
             error = OAuthError(
@@ -265,7 +324,7 @@ class Runner:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     existing = await self.kube.get_secret(ns, spec.output.name)
-                    if existing is not None and not owned_by(existing, spec.uid):
+                    if existing is not None and not ours(existing, spec):
                         raise OAuthError(
                             Outcome.NEEDS_HUMAN,
                             reasons.SECRET_NOT_OWNED,
@@ -359,19 +418,5 @@ class Runner:
         )
 
 
-def _not_persisted(spec: OAuthClientSpec, why: str) -> OAuthError:
-    return OAuthError(
-        Outcome.TRANSIENT,
-        reasons.REFRESH_TOKEN_NOT_PERSISTED,
-        "the rotated refresh token could not be written to Secret "
-        f"{spec.credentials.secret_name} yet{why}; it is kept in memory and retried within "
-        "seconds (the old one is never sent again)",
-    )
-
-
-def _kube_failure(spec: OAuthClientSpec, state: ClientState, exc: KubeError) -> OAuthError:
-    """An API failure as the run's error. While a rotated refresh token is held in memory,
-    that is the news: the status says so, and the retry comes within seconds."""
-    if state.unpersisted_refresh_token is not None:
-        return _not_persisted(spec, f" ({exc})")
-    return OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+def _api_failure(spec: OAuthClientSpec, state: ClientState, exc: KubeError) -> OAuthError:
+    return decide.api_failure(spec, str(exc), state.unpersisted_refresh_token is not None)

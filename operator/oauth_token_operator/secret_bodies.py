@@ -101,6 +101,49 @@ def owned_by(secret: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
+def ours(secret: dict[str, Any], spec: OAuthClientSpec) -> bool:
+    """Owned by this OAuthClient, or written by the operator for an earlier OAuthClient of
+    the same name (deleted and re-created, restored from a backup, orphaned by a delete):
+    such a Secret is adopted, the next write names the current uid. Only one OAuthClient of
+    a name exists at a time, so no live client loses its Secret to another."""
+    if owned_by(secret, spec.uid):
+        return True
+    metadata = secret.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(OWNER_LABEL) != spec.key.name:
+        return False
+    controllers = [r for r in metadata.get("ownerReferences") or [] if r.get("controller")]
+    return all(
+        r.get("kind") == KIND
+        and str(r.get("apiVersion", "")).startswith(f"{API_GROUP}/")
+        and r.get("name") == spec.key.name
+        for r in controllers
+    )
+
+
+# The annotations an output Secret's token times live in (drift repair restores them).
+_TOKEN_ANNOTATIONS = (ISSUED_AT_ANNOTATION, EXPIRES_AT_ANNOTATION, SPEC_HASH_ANNOTATION)
+
+
+def repaired(written: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any] | None:
+    """`seen` (an output Secret as the watch shows it) with the data and token annotations
+    the operator last wrote, or None when those did not drift. Keeps seen's resourceVersion,
+    so the repair loses to a concurrent write instead of overwriting it."""
+
+    def token_annotations(body: dict[str, Any]) -> dict[str, str]:
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        return {k: annotations[k] for k in _TOKEN_ANNOTATIONS if k in annotations}
+
+    ours_now = token_annotations(written)
+    if (written.get("data") or {}) == (seen.get("data") or {}) and ours_now == token_annotations(
+        seen
+    ):
+        return None
+    metadata = dict(seen.get("metadata") or {})
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), **ours_now}
+    return {**seen, "metadata": metadata, "data": dict(written.get("data") or {})}
+
+
 @dataclass(frozen=True)
 class RecordedToken:
     issued_at: float
@@ -165,6 +208,25 @@ def access_token_in(spec: OAuthClientSpec, output: dict[str, Any]) -> str:
     return decode_data(output).get(spec.output.access_token_key, "")
 
 
+def owner_reference(spec: OAuthClientSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": spec.key.name,
+        "uid": spec.uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def adopted(secret: dict[str, Any], spec: OAuthClientSpec) -> dict[str, Any]:
+    """The Secret with this OAuthClient as its only controller (see ours())."""
+    metadata = dict(secret.get("metadata") or {})
+    others = [r for r in metadata.get("ownerReferences") or [] if not r.get("controller")]
+    metadata["ownerReferences"] = [*others, owner_reference(spec)]
+    return {**secret, "metadata": metadata}
+
+
 def output_secret(
     spec: OAuthClientSpec,
     token: Token,
@@ -201,16 +263,7 @@ def output_secret(
                 else {}
             ),
         },
-        "ownerReferences": [
-            {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": KIND,
-                "name": spec.key.name,
-                "uid": spec.uid,
-                "controller": True,
-                "blockOwnerDeletion": False,
-            }
-        ],
+        "ownerReferences": [owner_reference(spec)],
     }
     if existing is not None:
         metadata["resourceVersion"] = existing["metadata"]["resourceVersion"]

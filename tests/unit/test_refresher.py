@@ -31,6 +31,7 @@ from oauth_token_operator.secret_bodies import RecordedToken, owned_by
 from oauth_token_operator.spec import (
     EXPIRES_AT_ANNOTATION,
     MANAGED_BY_LABEL,
+    OWNER_LABEL,
     ObjectKey,
     TokenRequest,
 )
@@ -464,6 +465,71 @@ async def test_secret_owned_by_someone_else_is_not_overwritten_before_the_watch_
     assert due is not None and due - world.clock.now >= schedule.HUMAN_RETRY_BASE / 2
     await world.refresher._run(KEY)  # known now: no second token
     assert len(world.tokens.calls) == 1
+
+
+async def test_an_edited_output_secret_is_restored_without_a_token_request() -> None:
+    world = World()
+    await world.start()
+    calls = len(world.tokens.calls)
+    edited = copy.deepcopy(world.kube.secrets[NS, OUTPUT_SECRET])
+    edited["data"]["access_token"] = b64("typed-by-hand")
+    edited["metadata"].setdefault("labels", {})["team"] = "theirs"  # kept: not the token
+    world.kube.put(NS, edited)
+    world.clock.now += 30
+
+    world.refresher.secret_changed(
+        NS, OUTPUT_SECRET, copy.deepcopy(world.kube.secrets[NS, OUTPUT_SECRET])
+    )
+    assert world.refresher.scheduler.due_time(KEY) == world.clock.now
+    await world.refresher._run(KEY)
+
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-1"
+    assert world.kube.secrets[NS, OUTPUT_SECRET]["metadata"]["labels"]["team"] == "theirs"
+    assert len(world.tokens.calls) == calls
+    assert [e[1] for e in world.kube.events][-1] == reasons.SECRET_RESTORED
+    # The watch's event of the repair itself is no drift.
+    writes = len(world.kube.writes)
+    world.refresher.secret_changed(
+        NS, OUTPUT_SECRET, copy.deepcopy(world.kube.secrets[NS, OUTPUT_SECRET])
+    )
+    assert len(world.kube.writes) == writes
+    assert world.refresher.clients[KEY].repair is None
+
+
+async def test_a_secret_written_for_an_earlier_client_of_the_name_is_adopted() -> None:
+    """The OAuthClient was deleted with --cascade=orphan and applied again (a new uid): its
+    Secret carries the operator's labels for this name and is taken over, not refused."""
+    world = World()
+    await world.start()
+    calls = len(world.tokens.calls)
+    world.refresher = world.new_refresher()
+    body = world.body()
+    body["metadata"]["uid"] = "uid-app-2"
+    del body["status"]
+    world.refresher.secret_changed(
+        NS, OUTPUT_SECRET, copy.deepcopy(world.kube.secrets[NS, OUTPUT_SECRET])
+    )
+    await world.refresher.observe(body)
+    await world.refresher._run(KEY)
+
+    (owner,) = world.kube.secrets[NS, OUTPUT_SECRET]["metadata"]["ownerReferences"]
+    assert owner["uid"] == "uid-app-2"  # at once: the old owner is gone, GC would delete it
+    assert world.kube.ready()["status"] == "True"
+    assert len(world.tokens.calls) == calls  # the token in place is reused
+
+
+async def test_a_secret_labelled_for_another_client_is_still_not_adopted() -> None:
+    world = World()
+    labels = {MANAGED_BY_LABEL: "oauth-token-operator", OWNER_LABEL: "other"}
+    theirs: dict[str, Any] = {
+        **copy.deepcopy(THEIRS),
+        "metadata": {**THEIRS["metadata"], "labels": labels},
+    }
+    world.kube.put(NS, theirs)
+    world.refresher.secret_changed(NS, OUTPUT_SECRET, copy.deepcopy(theirs))
+    await world.start()
+    assert world.kube.ready()["reason"] == "SecretNotOwned"
+    assert world.kube.data(OUTPUT_SECRET) == {"x": "theirs"}
 
 
 # --- refresh-token rotation ---------------------------------------------------------------
