@@ -20,7 +20,7 @@ from .kube import KubeError
 from .oauth import Credentials, OAuthError, Outcome, Token
 from .ports import ConfigMapAPI, SecretAPI, TokenAPI
 from .secret_bodies import (
-    check_templates,
+    check_output,
     credentials_from,
     refresh_fingerprint,
     template_values,
@@ -115,7 +115,7 @@ async def read_inputs(
         if spec.output.values_config_map:
             config_map = await config_maps.get_config_map(ns, spec.output.values_config_map)
         values = template_values(spec, config_map)
-        check_templates(spec, values)
+    check_output(spec, values)
     return Inputs(secret, creds, ca_pem, values, tls_secret)
 
 

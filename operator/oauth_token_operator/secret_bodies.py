@@ -4,6 +4,7 @@ operator owns, reading back the token times they record, and building the output
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -198,9 +199,45 @@ def rendered(spec: OAuthClientSpec, token: Token, values: Mapping[str, str]) -> 
         raise OAuthError(Outcome.TRANSIENT, reasons.TEMPLATE_FAILED, str(exc)) from None
 
 
-def check_templates(spec: OAuthClientSpec, values: Mapping[str, str]) -> None:
-    """Renders the templates over a stand-in token (see _TRIAL_TOKEN)."""
-    rendered(spec, _TRIAL_TOKEN, values)
+def check_output(spec: OAuthClientSpec, values: Mapping[str, str]) -> None:
+    """Builds the output Secret over a stand-in token (see _TRIAL_TOKEN) before any exchange,
+    so that what the API server would refuse costs no token request (nor a rotation)."""
+    data = rendered(spec, _TRIAL_TOKEN, values)
+    data[spec.output.access_token_key] = _TRIAL_TOKEN.access_token
+    problem = type_problem(spec.output.type, data)
+    if problem:
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            reasons.INVALID_SPEC,
+            f"spec.secret.type {spec.output.type}: {problem}; the API server would refuse "
+            "the Secret (add the key with spec.secret.templates, or use type Opaque)",
+        )
+
+
+# Secret types whose keys the API server checks: (keys of which one at least is required,
+# whether each must hold JSON).
+_TYPE_RULES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "kubernetes.io/dockerconfigjson": ((".dockerconfigjson",), True),
+    "kubernetes.io/dockercfg": ((".dockercfg",), True),
+    "kubernetes.io/basic-auth": (("username", "password"), False),
+    "kubernetes.io/ssh-auth": (("ssh-privatekey",), False),
+}
+
+
+def type_problem(secret_type: str, data: Mapping[str, str]) -> str | None:
+    """What the API server would say about an output Secret of this type and these keys."""
+    if secret_type == "kubernetes.io/tls" and not {"tls.crt", "tls.key"} <= data.keys():
+        return "needs keys tls.crt and tls.key"
+    keys, json_only = _TYPE_RULES.get(secret_type, ((), False))
+    present = [k for k in keys if k in data]
+    if keys and not present:
+        return f"needs key {' or '.join(keys)}"
+    for key in present if json_only else ():
+        try:
+            json.loads(data[key])
+        except ValueError:
+            return f"key {key} must render to JSON"
+    return None
 
 
 def access_token_in(spec: OAuthClientSpec, output: dict[str, Any]) -> str:

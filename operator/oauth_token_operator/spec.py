@@ -51,7 +51,9 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # A DNS-1123 subdomain: what Kubernetes accepts as a Secret name.
-_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# The API server's rule for Secret data keys: at most 253 of these characters, never "."
+# and never starting with "..".
+_SECRET_KEY = re.compile(r"^(?!\.\.)(?!\.$)[-._a-zA-Z0-9]{1,253}$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A provider's token that lives shorter than this cannot be refreshed before it expires.
 MIN_DEFAULT_LIFETIME = 60.0

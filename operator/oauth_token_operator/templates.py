@@ -166,13 +166,18 @@ def compile_template(key: str, source: str) -> Compiled:
     """Parses and checks a template; raises TemplateError with the line of the problem."""
     try:
         tree = _ENV.parse(source)
+        _check(key, tree, None)
+        template = _ENV.from_string(source)  # after the check: an unknown filter or test
+        bound(tree, {}, {})  # deep nesting fails here, not at the first render
+    except TemplateError:
+        raise
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(key, exc.message or "syntax error", exc.lineno) from None
-    _check(key, tree, None)
-    try:
-        template = _ENV.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:  # an unknown filter or test
-        raise TemplateError(key, exc.message or "syntax error", exc.lineno) from None
+    except RecursionError:
+        raise TemplateError(key, "nested too deeply") from None
+    except (ValueError, OverflowError, MemoryError) as exc:
+        # Python refuses integer literals of over 4,300 digits, for one.
+        raise TemplateError(key, f"cannot be compiled ({type(exc).__name__})") from None
     return Compiled(key, tree, template)
 
 
@@ -227,7 +232,13 @@ def render(compiled: Compiled, context: Mapping[str, str], values: Mapping[str, 
             f"{MAX_RENDERED}",
         )
     try:
-        return compiled.template.render(**context, values=SimpleNamespace(**values))
+        text = compiled.template.render(**context, values=SimpleNamespace(**values))
+        text.encode()  # a lone surrogate ("\ud800") renders but can never be written
+        return text
+    except UnicodeEncodeError:
+        raise TemplateError(compiled.key, "renders text that is not valid UTF-8") from None
+    except RecursionError:
+        raise TemplateError(compiled.key, "nested too deeply") from None
     except jinja2.UndefinedError as exc:
         missing = re.search(r"has no attribute '([^']*)'", exc.message or "")
         what = f"no value named {missing.group(1)!r}" if missing else exc.message or "undefined"

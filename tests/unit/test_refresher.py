@@ -1221,3 +1221,27 @@ async def test_a_template_that_does_not_compile_is_an_invalid_spec_with_its_line
     assert (ready["status"], ready["reason"]) == ("False", reasons.INVALID_SPEC)
     assert ready["message"].startswith("spec.secret.templates[env], line 2:")
     assert world.tokens.calls == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "words"),
+    [
+        ({"type": "kubernetes.io/dockerconfigjson"}, "needs key .dockerconfigjson"),
+        (
+            {"type": "kubernetes.io/dockerconfigjson", "templates": {".dockerconfigjson": "{"}},
+            "must render to JSON",
+        ),
+        ({"type": "kubernetes.io/tls"}, "needs keys tls.crt and tls.key"),
+        ({"templates": {"broken": '{{ "\\ud800" }}'}}, "not valid UTF-8"),
+    ],
+)
+async def test_an_output_the_api_server_would_refuse_costs_no_token_request(
+    secret: dict[str, Any], words: str
+) -> None:
+    world = World("refresh_token")
+    await world.refresher.observe(world.body(secret=secret))
+    await world.refresher._run(KEY)
+    assert world.tokens.calls == []  # no exchange, no rotation of the refresh token
+    condition = world.kube.ready()
+    assert condition["status"] == "False"
+    assert words in condition["message"]

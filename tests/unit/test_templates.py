@@ -119,3 +119,22 @@ def test_the_bound_is_never_below_what_renders() -> None:
             compiled = compile_template("k", source)
             text = render(compiled, token, values)
             assert len(text) <= bound(compiled.tree, sizes, values), source
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("{{ " + "9" * 5000 + " }}", "cannot be compiled"),  # Python's integer-digit limit
+        ("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}", "nested too deeply"),
+    ],
+)
+def test_what_python_itself_refuses_is_a_template_error(source: str, words: str) -> None:
+    """No ValueError or RecursionError escapes: the client gets InvalidSpec, not a handler
+    failure logged on every event."""
+    with pytest.raises(TemplateError, match=words):
+        compile_template("k", source)
+
+
+def test_a_lone_surrogate_is_refused_at_render_not_at_the_write() -> None:
+    with pytest.raises(TemplateError, match="not valid UTF-8"):
+        rendered('{{ "\\ud800" }}')
