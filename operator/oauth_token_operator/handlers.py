@@ -94,8 +94,14 @@ def registry_for(
                 task.cancel()
         # SIGTERM (a rollout, helm upgrade, node drain): finish runs in flight, so that no
         # rotated refresh token is thrown away with a cancelled run.
+        started = time.monotonic()
         cancelled = await memo.refresher.scheduler.drain(operator_settings.drain_timeout)
         log.info("drained; %d runs cancelled after the drain timeout", cancelled)
+        # Rotated refresh tokens held in memory (the API server was away) get what is left
+        # of the drain timeout to be written.
+        left = max(operator_settings.drain_timeout - (time.monotonic() - started), 1.0)
+        if await memo.refresher.persist_held(left):
+            log.error("stopping with rotated refresh tokens that could not be written")
         # Restarts still being gathered go out now (a successor would find and do them too).
         flushing = asyncio.ensure_future(memo.refresher.rollouts.flush())
         if (await asyncio.wait({flushing}, timeout=CLOSE_TIMEOUT))[1]:

@@ -6,6 +6,7 @@ next due time to the Scheduler."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -13,11 +14,12 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from . import metrics, reasons, schedule, status
+from . import custody, metrics, reasons, schedule, status
 from .config import Settings
 from .custody import Holder
 from .exchange import Exchanger
 from .keyless import ServiceAccountAssertions
+from .kube import KubeError
 from .oauth import OAuthError
 from .ports import KubeAPI, TokenAPI
 from .rollout import Restarter
@@ -146,6 +148,8 @@ class Refresher:
         client is failing (a new login after invalid_grant), and a deleted output Secret
         trigger a run within seconds; a rotated refresh token alone (ours, a sibling's, the
         CLI's) waits for the next due run; anything else is ignored cheaply."""
+        if secret is not None and self.secrets.unchanged(namespace, name, secret):
+            return  # a relist after a 410 or an outage shows what is known: no news
         owner = self._owners.get((namespace, name))
         if owner is not None and secret is not None:
             self._note_drift(owner, namespace, name, secret)
@@ -192,12 +196,44 @@ class Refresher:
         written = self.secrets.peek(namespace, name)
         if state is None or state.spec is None or written is None:
             return
+        if self.secrets.writing(namespace, name):
+            return  # most likely our own write, shown before it returned: not drift
         if not (owned_by(written, state.spec.uid) and owned_by(seen, state.spec.uid)):
             return  # not ours to repair (a takeover is SecretNotOwned on the next run)
         repair = repaired(written, seen)
         if repair is not None:
             state.repair = repair
             self.scheduler.schedule_now(owner)
+
+    async def persist_held(self, seconds: float) -> int:
+        """On stop, after the drain: rotated refresh tokens still only in memory (the API
+        server was away when they came) are written, retried for `seconds`. Returns how
+        many could not be: those are lost with the process."""
+        held = [s for s in self.clients.values() if s.spec and s.unpersisted_refresh_token]
+        deadline = time.monotonic() + seconds
+        for state in held:
+            spec, token = state.spec, state.unpersisted_refresh_token
+            assert spec is not None and token is not None
+            while True:
+                try:
+                    secret = await self.secrets.get_secret(
+                        spec.key.namespace, spec.credentials.secret_name
+                    )
+                    if secret is not None:
+                        await custody.persist(self.secrets, spec, secret, token)
+                        state.unpersisted_refresh_token = None
+                    break
+                except KubeError as exc:
+                    if time.monotonic() + 1.0 > deadline:
+                        log.error(
+                            "%s: the rotated refresh token could not be written before the "
+                            "stop (%s); the grant may need a new login",
+                            spec.key,
+                            exc,
+                        )
+                        break
+                    await asyncio.sleep(1.0)
+        return sum(1 for s in held if s.unpersisted_refresh_token)
 
     def client_samples(self) -> list[metrics.ClientSample]:
         """Each client as the metrics show it. Called from the scrape thread: reads only,

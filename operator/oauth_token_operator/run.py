@@ -187,7 +187,6 @@ class Runner:
             state.credentials_fingerprint = UNUSABLE
             return output, decide.Gathered(recorded, inputs_error=exc), None
         except KubeError as exc:
-            state.credentials_fingerprint = UNUSABLE
             error = _api_failure(spec, state, exc)
             return output, decide.Gathered(recorded, inputs_error=error), None
         state.unpersisted_refresh_token = None  # read_inputs persisted it

@@ -57,6 +57,8 @@ class CachedSecrets:
         self._bodies: dict[Key, dict[str, Any] | None] = {}
         # Every Secret the watch has shown and not seen deleted, tracked or not: names only.
         self._seen: set[Key] = set()
+        # Secrets with a write of ours on the way: the watch may show it before it returns.
+        self._writing: set[Key] = set()
 
     def __len__(self) -> int:
         return len(self._bodies)
@@ -111,14 +113,30 @@ class CachedSecrets:
         self, namespace: str, body: dict[str, Any], write: Awaitable[dict[str, Any]]
     ) -> dict[str, Any]:
         key = (namespace, body["metadata"]["name"])
+        self._writing.add(key)
         try:
             written = await write
         except KubeError:
             # Exists after all (create), stale or gone (replace): the retry reads afresh.
             self._bodies.pop(key, None)
             raise
+        finally:
+            self._writing.discard(key)
         self._keep(key, written)
         return written
+
+    def writing(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self._writing
+
+    def unchanged(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
+        """The watch shows the very version kept (a relist, or the event of our own write)."""
+        kept = self._bodies.get((namespace, name))
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        return (
+            kept is not None
+            and version is not None
+            and ((kept.get("metadata") or {}).get("resourceVersion") == version)
+        )
 
     def _wanted(self, key: Key, body: dict[str, Any] | None) -> bool:
         return self.tracked(*key) or (self.keep_labelled and _labelled(body))

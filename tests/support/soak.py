@@ -51,6 +51,11 @@ class Faults:
     outage_every: float | None = 35.0  # cut the provider off this often ...
     outage_seconds: float = 12.0  # ... for this long (shorter than the renew window)
     apiserver_restart_at: float | None = 0.5  # one kube-apiserver restart, at this fraction
+    # At that time, token answers are first held back this long, so that refreshes are in
+    # flight when kube-apiserver stops; it stays down this long, past the operator's own
+    # retries of a rotated refresh token's write (0: a plain restart).
+    apiserver_hold_ms: int = 3000
+    apiserver_down_seconds: float = 10.0
 
 
 @dataclass
@@ -76,6 +81,11 @@ class SoakReport:
     sigkills: int = 0
     outages: int = 0
     apiserver_restarts: int = 0
+    in_flight_at_apiserver_stop: int = 0  # token requests the provider was answering
+    # (Secret, expires-at) that expired while kube-apiserver was down or just back: no
+    # operator can write a Secret then; counted apart from `expired`.
+    expired_while_apiserver_down: set[tuple[str, str]] = field(default_factory=set)
+    apiserver_down: list[tuple[float, float]] = field(default_factory=list)  # epoch windows
     persist_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
 
     def persist_quantile(self, q: float) -> float | None:
@@ -103,7 +113,9 @@ class SoakReport:
             f"outcome-unknown exchanges     {self.outcome_unknown}",
             f"operator exits not asked for  {self.unexpected_exits}",
             f"faults                        {self.sigterms} SIGTERM, {self.sigkills} SIGKILL, "
-            f"{self.outages} provider outages, {self.apiserver_restarts} apiserver restarts",
+            f"{self.outages} provider outages, {self.apiserver_restarts} apiserver restarts "
+            f"({self.in_flight_at_apiserver_stop} refreshes in flight at the stop)",
+            f"expired while apiserver down  {len(self.expired_while_apiserver_down)}",
             f"rotation persist window       p50 <= {_ms(p50)}, p99 <= {_ms(p99)} "
             f"(histogram bucket bounds, {rotations} rotations)",
         ]
@@ -203,6 +215,10 @@ class Soak:
         say: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.cp, self.cluster, self.idp = cp, cluster, idp
+        # The apiserver outage's progress: None (not yet), armed, down, done.
+        self._apiserver_phase: str | None = None
+        self._apiserver_step_at = 0.0
+        self._apiserver_stopped = 0.0
         self.ca_secret = ca_secret
         self.workdir = workdir
         self.config = config
@@ -287,13 +303,15 @@ class Soak:
             if faults.apiserver_restart_at is not None
             else float("inf")
         )
+        if faults.apiserver_restart_at is None:
+            self._apiserver_phase = "done"
         while (now := time.monotonic()) < start + cfg.duration:
             self._sample()
             if not self.operator.alive:
                 report.unexpected_exits += 1
                 self.say("the operator exited on its own; starting it again")
                 self.operator.start()
-            if now >= next_restart:
+            if now >= next_restart and self._apiserver_phase not in ("armed", "down"):
                 self._restart(kill=faults.sigkill and (report.sigterms + report.sigkills) % 2 == 1)
                 next_restart = now + (faults.restart_every or float("inf"))
             if outage_ends is None and now >= next_outage:
@@ -306,16 +324,50 @@ class Soak:
                 outage_ends = None
                 next_outage = now + (faults.outage_every or float("inf"))
             if now >= apiserver_at:
-                self.say("restarting kube-apiserver")
-                self.cp.restart_apiserver()
-                report.apiserver_restarts += 1
-                apiserver_at = float("inf")
+                self._apiserver_outage(now)
             time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
         if outage_ends is not None:
             self.proxy.restore()
+        if self._apiserver_phase in ("armed", "down"):
+            self.idp.delay_token_answers(0)
+            if self._apiserver_phase == "down":
+                self.cp.start_apiserver()
         report.seconds = time.monotonic() - start
         self._finish()
         return report
+
+    def _apiserver_outage(self, now: float) -> None:
+        """One step of the kube-apiserver outage: hold the provider's answers back, stop
+        the apiserver once a refresh is in flight (rotated refresh tokens then arrive while
+        nothing can be written), start it again after apiserver_down_seconds. Operator
+        restarts wait meanwhile: a stop while nothing can be persisted is another test."""
+        faults, report = self.config.faults, self.report
+        if self._apiserver_phase is None:
+            self.idp.delay_token_answers(faults.apiserver_hold_ms)
+            self._apiserver_phase, self._apiserver_step_at = "armed", now
+        elif self._apiserver_phase == "armed":
+            in_flight = self.idp.in_flight()
+            waited = now >= self._apiserver_step_at + 2 * self.config.token_ttl
+            if in_flight or waited or not faults.apiserver_hold_ms:
+                report.in_flight_at_apiserver_stop += in_flight
+                self.say(f"stopping kube-apiserver ({in_flight} refreshes in flight)")
+                self._apiserver_stopped = time.time()
+                self.cp.stop_apiserver()
+                self._apiserver_phase, self._apiserver_step_at = "down", now
+        elif (
+            self._apiserver_phase == "down"
+            and now >= self._apiserver_step_at + faults.apiserver_down_seconds
+        ):
+            self.idp.delay_token_answers(0)
+            self.cp.start_apiserver()
+            report.apiserver_restarts += 1
+            report.apiserver_down.append((self._apiserver_stopped, time.time()))
+            self._apiserver_phase = "done"
+            self.say("kube-apiserver is back")
+
+    def _while_apiserver_down(self, at: float) -> bool:
+        # Back up, the operator retries an API failure within BACKOFF_BASE (5 s) and writes.
+        return any(start <= at <= end + 10.0 for start, end in self.report.apiserver_down)
 
     def _restart(self, *, kill: bool) -> None:
         self._bank_metrics()
@@ -388,7 +440,11 @@ class Soak:
             expires = (secret["metadata"].get("annotations") or {}).get(EXPIRES_AT)
             at = parse_rfc3339(expires)
             if expires and at is not None and at <= now:
-                self.report.expired.add((secret["metadata"]["name"], expires))
+                seen = (secret["metadata"]["name"], expires)
+                if self._while_apiserver_down(at):
+                    self.report.expired_while_apiserver_down.add(seen)
+                else:
+                    self.report.expired.add(seen)
         self._scrape()
 
     def _scrape(self) -> None:

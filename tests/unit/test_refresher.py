@@ -95,9 +95,10 @@ class FakeKube:
         return str(self._rv)
 
     def put(self, namespace: str, body: dict[str, Any]) -> None:
-        body = copy.deepcopy(body)
+        """Stores a copy; the caller's body gets the new resourceVersion too, as the
+        watch event of the write would show it."""
         body.setdefault("metadata", {})["resourceVersion"] = self._next_rv()
-        self.secrets[namespace, body["metadata"]["name"]] = body
+        self.secrets[namespace, body["metadata"]["name"]] = copy.deepcopy(body)
 
     def data(self, name: str) -> dict[str, str]:
         return {k: unb64(v) for k, v in self.secrets[NS, name].get("data", {}).items()}
@@ -494,6 +495,29 @@ async def test_an_edited_output_secret_is_restored_without_a_token_request() -> 
     )
     assert len(world.kube.writes) == writes
     assert world.refresher.clients[KEY].repair is None
+
+
+async def test_the_event_of_our_own_write_before_it_returns_is_no_drift() -> None:
+    """The watch can show the operator's write before the write call returns: that is not
+    someone else's change, and the older token must not be "restored" over the new one."""
+    world = World()
+    due = await world.start()
+    original = world.kube.replace_secret
+
+    async def shown_early(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        written = await original(namespace, body)
+        if body["metadata"]["name"] == OUTPUT_SECRET:
+            world.refresher.secret_changed(NS, OUTPUT_SECRET, copy.deepcopy(written))
+        return written
+
+    world.kube.replace_secret = shown_early  # type: ignore[method-assign]
+    assert due is not None
+    world.clock.now = due
+    await world.refresher._run(KEY)
+
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == "access-2"
+    assert world.refresher.clients[KEY].repair is None
+    assert reasons.SECRET_RESTORED not in [e[1] for e in world.kube.events]
 
 
 async def test_a_secret_written_for_an_earlier_client_of_the_name_is_adopted() -> None:
@@ -1245,3 +1269,20 @@ async def test_an_output_the_api_server_would_refuse_costs_no_token_request(
     condition = world.kube.ready()
     assert condition["status"] == "False"
     assert words in condition["message"]
+
+
+async def test_a_stop_writes_a_held_refresh_token_once_the_api_server_answers(
+    no_backoff: None,
+) -> None:
+    """SIGTERM with a rotated refresh token still in memory: after the drain, the stop
+    retries its write for what is left of the drain timeout instead of dropping it."""
+    world = World("refresh_token")
+    world.kube.failing_data.add(CREDS_SECRET)
+    await world.start()
+    assert world.refresher.clients[KEY].unpersisted_refresh_token == "r2"
+
+    assert await world.refresher.persist_held(0.0) == 1  # no time left: reported lost
+    world.kube.failing_data.clear()
+    assert await world.refresher.persist_held(5.0) == 0
+    assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r2"
+    assert world.tokens.refresh_tokens_sent == ["r1"]
