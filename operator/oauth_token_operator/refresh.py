@@ -286,5 +286,13 @@ class Refresher:
         state = self.clients.get(key)
         if state is None or state.spec is None:
             return None
+        was_api_failing = state.api_failing
         with metrics.RUN_SECONDS.time():
-            return await self.runner.run(state.spec, state)
+            due = await self.runner.run(state.spec, state)
+        if was_api_failing and not state.api_failing:
+            # The API server is back: the clients that failed for it go now, not at their
+            # backoff, which grew while it was away (tokens would expire meanwhile).
+            for other, other_state in self.clients.items():
+                if other_state.api_failing and other != key:
+                    self.scheduler.schedule_now(other)
+        return due

@@ -40,6 +40,7 @@ from .wire import rfc3339
 log = logging.getLogger(__name__)
 
 
+_API_REASONS = frozenset({reasons.KUBERNETES_ERROR, reasons.REFRESH_TOKEN_NOT_PERSISTED})
 # Drift repairs of one output Secret are at least this far apart.
 MIN_REPAIR_INTERVAL = 10.0
 # A credentials fingerprint no Secret has: the last run could not use the client's inputs.
@@ -76,6 +77,8 @@ class ClientState:
     # (secret_bodies.repaired); the next run writes it back.
     repair: dict[str, Any] | None = field(default=None, repr=False)
     last_repair: float | None = None
+    # The last run failed because the Kubernetes API did not do its part.
+    api_failing: bool = False
 
 
 class Runner:
@@ -345,6 +348,7 @@ class Runner:
         token: Token | None = None,
     ) -> None:
         state.failures = 0
+        state.api_failing = False
         state.grant_invalid_since = None
         if (
             token is None
@@ -378,6 +382,7 @@ class Runner:
         """`output_exists` None: not known (the read failed)."""
         now = self.clock()
         state.failures += 1
+        state.api_failing = error.reason in _API_REASONS
         if error.reason == reasons.INVALID_GRANT and state.grant_invalid_since is None:
             state.grant_invalid_since = now
         retry = decide.retry_after_failure(

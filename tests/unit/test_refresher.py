@@ -1286,3 +1286,26 @@ async def test_a_stop_writes_a_held_refresh_token_once_the_api_server_answers(
     assert await world.refresher.persist_held(5.0) == 0
     assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r2"
     assert world.tokens.refresh_tokens_sent == ["r1"]
+
+
+async def test_when_the_api_server_is_back_clients_that_failed_for_it_go_at_once() -> None:
+    """During an outage the backoff of every client grows; the first run that gets through
+    wakes the others, so their tokens are written before they expire."""
+    world = World()
+    await world.refresher.observe(world.body())
+    other = client_body()
+    other["metadata"] = {**other["metadata"], "name": "other", "uid": "uid-other"}
+    other["spec"]["secret"] = {"name": "other-token"}
+    await world.refresher.observe(other)
+    world.kube.down = True
+    due = await world.refresher._run(KEY)
+    other_due = await world.refresher._run(ObjectKey(NS, "other"))
+    assert due is not None and other_due is not None
+    world.refresher.scheduler.schedule(ObjectKey(NS, "other"), other_due)
+    assert other_due > world.clock.now
+
+    world.kube.down = False
+    world.clock.now = due
+    await world.refresher._run(KEY)
+    assert world.kube.ready()["status"] == "True"
+    assert world.refresher.scheduler.due_time(ObjectKey(NS, "other")) == world.clock.now
