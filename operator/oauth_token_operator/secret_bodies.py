@@ -30,8 +30,20 @@ from .templates import TemplateError, compile_template, render
 from .wire import decode_data, encode_data, parse_rfc3339, rfc3339
 
 # A stand-in token for rendering templates before the exchange: a template that fails then
-# fails without spending a token request (or a refresh token's rotation).
-_TRIAL_TOKEN = Token("trial", "Bearer", 0.0, 3600.0, scope="", id_token="")
+# fails without spending a token request (or a refresh token's rotation). Its sizes are
+# those of a large real JWT, so that the size bounds, which follow the sizes of what is
+# rendered, hold for the real one too (a larger one is still checked after the exchange).
+TRIAL_TOKEN_CHARS = 4096
+_TRIAL_TOKEN = Token(
+    "t" * TRIAL_TOKEN_CHARS,
+    "Bearer",
+    0.0,
+    3600.0,
+    scope="s" * 1024,
+    id_token="i" * TRIAL_TOKEN_CHARS,
+)
+# The API server refuses a Secret whose values hold more than this in all.
+MAX_SECRET_BYTES = 1024 * 1024
 
 
 def credentials_from(
@@ -204,6 +216,17 @@ def check_output(spec: OAuthClientSpec, values: Mapping[str, str]) -> None:
     so that what the API server would refuse costs no token request (nor a rotation)."""
     data = rendered(spec, _TRIAL_TOKEN, values)
     data[spec.output.access_token_key] = _TRIAL_TOKEN.access_token
+    if spec.output.id_token_key:
+        data[spec.output.id_token_key] = _TRIAL_TOKEN.id_token or ""
+    size = sum(len(value.encode()) for value in data.values())
+    if size > MAX_SECRET_BYTES:
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            reasons.TEMPLATE_FAILED,
+            f"the output Secret could hold {size} bytes with a token of "
+            f"{TRIAL_TOKEN_CHARS} characters; the API server refuses more than "
+            f"{MAX_SECRET_BYTES} in all (fewer or smaller spec.secret.templates)",
+        )
     problem = type_problem(spec.output.type, data)
     if problem:
         raise OAuthError(

@@ -1257,6 +1257,13 @@ async def test_a_template_that_does_not_compile_is_an_invalid_spec_with_its_line
         ),
         ({"type": "kubernetes.io/tls"}, "needs keys tls.crt and tls.key"),
         ({"templates": {"broken": '{{ "\\ud800" }}'}}, "not valid UTF-8"),
+        (
+            {
+                "values": {"big": "x" * 200_000},
+                "templates": {f"k{i}": "{{ values.big }}" for i in range(6)},
+            },
+            "refuses more than 1048576 in all",
+        ),
     ],
 )
 async def test_an_output_the_api_server_would_refuse_costs_no_token_request(
