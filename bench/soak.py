@@ -1,10 +1,13 @@
 """Chaos soak: never losing a grant, measured. 40 OAuthClients (half refresh-token, rotating,
 with reuse detection at the real oidc-provider), 60 s tokens, renew margin 15 s; the operator
 restarted every 45 s (SIGTERM, and with --sigkill every other restart a SIGKILL), the provider
-cut off for 12 s every 35 s, one kube-apiserver restart half way. Prints refreshes, expired
-tokens seen by a sampler that reads every output Secret each second, grants lost (every
-stored refresh token is tried at the end), reuse errors, outcome-unknown exchanges, operator
-exits nobody asked for, and the rotation persist window (p50/p99).
+cut off for 12 s every 35 s, and half way kube-apiserver stopped for 10 s once refreshes are
+in flight (the provider holds its answers back 3 s first, so rotated refresh tokens arrive
+while nothing can be written). Prints refreshes, expired tokens seen by a sampler that reads
+every output Secret each second (those that expired while the apiserver was away, or within
+10 s of its return, apart), grants lost (every stored refresh token is tried at the end),
+reuse errors, outcome-unknown exchanges, operator exits nobody asked for, and the rotation
+persist window (p50/p99).
 
     .venv/bin/python bench/soak.py --minutes 10            # SIGTERM restarts and outages
     .venv/bin/python bench/soak.py --minutes 11 --sigkill   # SIGKILL too: the crash window
