@@ -259,6 +259,8 @@ def explain(exc: Exception) -> str | None:
         detail = f"{', '.join(missing)} does not exist" if missing else str(exc)
         return f"no usable Kubernetes configuration ({detail}); set KUBECONFIG or --kubeconfig"
     if isinstance(exc, KubeError):
+        if exc.unreachable:
+            return f"cannot reach the Kubernetes API server ({exc}); is the cluster up?"
         if exc.kind_missing:
             return (
                 "the API server does not serve OAuthClients: install the CRD "

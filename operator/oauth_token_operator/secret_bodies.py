@@ -31,9 +31,9 @@ from .wire import decode_data, encode_data, parse_rfc3339, rfc3339
 
 # A stand-in token for rendering templates before the exchange: a template that fails then
 # fails without spending a token request (or a refresh token's rotation). Its sizes are
-# those of a large real JWT, so that the size bounds, which follow the sizes of what is
+# those of a sizeable JWT (2 KB), so that the size bounds, which follow the sizes of what is
 # rendered, hold for the real one too (a larger one is still checked after the exchange).
-TRIAL_TOKEN_CHARS = 4096
+TRIAL_TOKEN_CHARS = 2048
 _TRIAL_TOKEN = Token(
     "t" * TRIAL_TOKEN_CHARS,
     "Bearer",
