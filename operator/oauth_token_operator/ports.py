@@ -40,6 +40,7 @@ class SecretWatchAPI(Protocol):
         server_timeout: int,
         selector: str = "",
         metadata_only: bool = False,
+        batch: float = 0.0,
     ) -> AsyncIterator[dict[str, Any]]: ...
 
 

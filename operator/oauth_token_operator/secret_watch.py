@@ -47,6 +47,7 @@ class SecretWatch:
         selector: str = "",
         metadata_only: bool = False,
         known: Callable[[], Iterable[Key]] | None = None,
+        batch: float = 0.0,
     ) -> None:
         """`known`: the Secrets to report deleted when a relist no longer shows them; None
         keeps the name of every Secret seen for that (cheap for the operator's own Secrets,
@@ -58,6 +59,7 @@ class SecretWatch:
         self.selector = selector
         self.metadata_only = metadata_only
         self.known = known
+        self.batch = batch  # seconds events may gather before a read (secret_lists)
         self._names: set[Key] = set()
         self._version: str | None = None  # to resume from; None: list (again)
 
@@ -116,7 +118,12 @@ class SecretWatch:
         failure resumes after the last one seen."""
         assert self._version is not None
         stream = self.api.watch_secrets(
-            self.namespace, self._version, SERVER_TIMEOUT, self.selector, self.metadata_only
+            self.namespace,
+            self._version,
+            SERVER_TIMEOUT,
+            self.selector,
+            self.metadata_only,
+            self.batch,
         )
         async for event in stream:
             kind = event.get("type")

@@ -50,6 +50,7 @@ class FakeAPI:
         server_timeout: int,
         selector: str = "",
         metadata_only: bool = False,
+        batch: float = 0.0,
     ) -> AsyncIterator[dict[str, Any]]:
         self.watch_versions.append(resource_version)
         if not self.watches:
