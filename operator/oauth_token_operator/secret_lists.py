@@ -35,6 +35,9 @@ async def _gather_for(response: Any, seconds: float) -> None:
     transport = response.connection and response.connection.transport
     if transport is None:
         return
+    # Over TLS, pausing asyncio's TLS transport only stops handing data up: it goes on
+    # reading the socket (and waking up) for every event. Pause the socket's own transport.
+    transport = getattr(getattr(transport, "_ssl_protocol", None), "_transport", transport)
     transport.pause_reading()
     try:
         await asyncio.sleep(seconds)

@@ -98,6 +98,22 @@ async def test_a_batched_watch_pauses_the_connection_between_reads() -> None:
     assert transport.paused == transport.resumed == 2
 
 
+async def test_over_tls_the_socket_itself_is_paused() -> None:
+    """asyncio's TLS transport, paused, still reads the socket for every event."""
+
+    class SSLProtocol:
+        def __init__(self) -> None:
+            self._transport = Transport()
+
+    response = Response([event("a") + b"\n"])
+    tls = response.connection.transport
+    tls._ssl_protocol = SSLProtocol()  # type: ignore[attr-defined]
+    lists = SecretLists(ApiClient(response))  # type: ignore[arg-type]
+    assert len([e async for e in lists.watch_secrets(None, "1", 300, batch=0.001)]) == 1
+    assert tls._ssl_protocol._transport.paused == 1  # type: ignore[attr-defined]
+    assert tls.paused == 0
+
+
 async def test_a_metadata_list_asks_for_partial_object_metadata() -> None:
     page = {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "5"}}
     api = ApiClient(Response([json.dumps(page).encode()]))
