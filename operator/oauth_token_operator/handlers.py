@@ -20,7 +20,8 @@ from .kube import Kube, KubeError
 from .oauth import TokenClient
 from .peering import follow
 from .refresh import Refresher
-from .secret_watch import SecretWatch
+from .secret_feed import SecretFeed
+from .secret_lists import SecretLists
 from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,18 @@ def registry_for(
             kube, TokenClient(operator_settings.endpoint_policy), operator_settings
         )
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
-        # Secrets are watched outside kopf (see secret_watch), starting before kopf watches
-        # OAuthClients, so that most first runs find their Secrets in memory.
+        # Secrets are watched outside kopf (see secret_watch, secret_feed), starting before
+        # kopf watches OAuthClients, so that most first runs find their Secrets in memory.
         # Each watch holds a connection for good: their own pool, so that any number of
         # namespaces never takes connections from the runs.
         memo.watching = await Kube.connect(connections=0)
+        refresher = memo.refresher
+        memo.secret_feed = SecretFeed(memo.watching, refresher.secrets, refresher.secret_changed)
+        lists = SecretLists(memo.watching.api_client)
         memo.secret_watches = [
-            asyncio.create_task(
-                SecretWatch(memo.watching, namespace, memo.refresher.secret_changed).run(),
-                name=f"secret watch {namespace or '(all namespaces)'}",
-            )
+            asyncio.create_task(watch.run(), name=f"secret watch {watch.selector} {namespace}")
             for namespace in operator_settings.namespaces or (None,)
+            for watch in memo.secret_feed.watches(lists, namespace)
         ]
         metrics.publish_clients(memo.refresher.client_samples)
         memo.follower = None
@@ -92,6 +94,7 @@ def registry_for(
         for task in (memo.follower, memo.crd_waiter, *memo.secret_watches):
             if task is not None:
                 task.cancel()
+        memo.secret_feed.cancel()
         # SIGTERM (a rollout, helm upgrade, node drain): finish runs in flight, so that no
         # rotated refresh token is thrown away with a cancelled run.
         started = time.monotonic()

@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -54,7 +53,7 @@ UNREACHABLE = 0
 # mid-answer: aiohttp's errors, timeouts and socket/TLS errors (ssl.SSLError is an OSError),
 # and the client's own ApiException. All become one KubeError, so every caller that handles
 # an API failure handles these too (a rotated refresh token in hand is kept, not dropped).
-_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiException)
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiException)
 
 
 def unreachable(exc: BaseException) -> KubeError:
@@ -72,12 +71,12 @@ async def _body(call: Any) -> bytes:
     KubeError for any non-2xx answer."""
     try:
         response = await call
-    except _TRANSPORT_ERRORS as exc:
+    except TRANSPORT_ERRORS as exc:
         raise unreachable(exc) from None
     try:
         try:
             body: bytes = await response.read()
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             raise unreachable(exc) from None
         _raise_for_status(response.status, response.reason or "", body)
         return body
@@ -185,6 +184,11 @@ class Kube:
         api = client.ApiClient(configuration)
         _look_up_environment_once(api, configuration)
         return cls(api)
+
+    @property
+    def api_client(self) -> client.ApiClient:
+        """For secret_lists, whose requests need an Accept header of their own."""
+        return self._api
 
     async def close(self) -> None:
         await self._api.close()
@@ -372,56 +376,6 @@ class Kube:
                 if not exc.not_found:
                     raise
         return bodies
-
-    async def list_secrets(
-        self, namespace: str | None, limit: int, token: str | None = None
-    ) -> dict[str, Any]:
-        """One page of a LIST of Secrets (namespace None: all namespaces)."""
-        more = {"_continue": token} if token else {}
-        if namespace is None:
-            call = self._core.list_secret_for_all_namespaces(
-                limit=limit, _preload_content=False, **more
-            )
-        else:
-            call = self._core.list_namespaced_secret(
-                namespace, limit=limit, _preload_content=False, **more
-            )
-        page: dict[str, Any] = await _json(call)
-        return page
-
-    async def watch_secrets(
-        self, namespace: str | None, resource_version: str, server_timeout: int
-    ) -> AsyncIterator[dict[str, Any]]:
-        """The watch events after resource_version, as the API server sends them (with
-        bookmarks), until it ends the stream after `server_timeout` seconds."""
-        kwargs = {
-            "watch": True,
-            "resource_version": resource_version,
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": server_timeout,
-            "_preload_content": False,
-            # No total: the stream lasts server_timeout; a silent connection ends soon after.
-            "_request_timeout": aiohttp.ClientTimeout(
-                sock_connect=30, sock_read=server_timeout + 30
-            ),
-        }
-        try:
-            if namespace is None:
-                response = await self._core.list_secret_for_all_namespaces(**kwargs)
-            else:
-                response = await self._core.list_namespaced_secret(namespace, **kwargs)
-        except _TRANSPORT_ERRORS as exc:
-            raise unreachable(exc) from None
-        try:
-            if not 200 <= response.status < 300:
-                _raise_for_status(response.status, response.reason or "", await response.read())
-            async for line in response.content:
-                if line.strip():
-                    yield json.loads(line)
-        except _TRANSPORT_ERRORS as exc:
-            raise unreachable(exc) from None
-        finally:
-            response.release()
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         created: dict[str, Any] = await _json(

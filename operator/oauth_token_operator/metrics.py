@@ -44,6 +44,11 @@ SECRET_READS = Counter(
     "Secret reads by runs, by where they were answered from (memory, api).",
     ["source"],
 )
+SECRET_FETCHES = Counter(
+    "oauth_token_operator_secret_fetches",
+    "Secret bodies read with a GET because the metadata watch showed a change (or a "
+    "deletion to confirm) of a Secret that a client uses; other Secrets are never read.",
+)
 EXCHANGE_SECONDS = Histogram(
     "oauth_token_operator_exchange_duration_seconds",
     "Time from sending a token request to its outcome, by result.",

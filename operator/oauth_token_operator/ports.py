@@ -23,13 +23,24 @@ class SecretAPI(Protocol):
 
 class SecretWatchAPI(Protocol):
     async def list_secrets(
-        self, namespace: str | None, limit: int, token: str | None = None
+        self,
+        namespace: str | None,
+        limit: int,
+        token: str | None = None,
+        selector: str = "",
+        metadata_only: bool = False,
     ) -> dict[str, Any]:
         """One page of a LIST (namespace None: all namespaces)."""
         ...
 
     def watch_secrets(
-        self, namespace: str | None, resource_version: str, server_timeout: int
+        self,
+        namespace: str | None,
+        resource_version: str,
+        server_timeout: int,
+        selector: str = "",
+        metadata_only: bool = False,
+        batch: float = 0.0,
     ) -> AsyncIterator[dict[str, Any]]: ...
 
 

@@ -55,7 +55,8 @@ class CachedSecrets:
         # None: known not to exist (a GET answered 404, the watch saw it deleted), or
         # presumed absent (see presume_absent).
         self._bodies: dict[Key, dict[str, Any] | None] = {}
-        # Every Secret the watch has shown and not seen deleted, tracked or not: names only.
+        # Every Secret the watches have shown in full and not seen deleted (the operator's
+        # own, and those clients use), tracked or not: names only.
         self._seen: set[Key] = set()
         # Secrets with a write of ours on the way: the watch may show it before it returns.
         self._writing: set[Key] = set()
@@ -87,6 +88,15 @@ class CachedSecrets:
         """Keep only what `tracked` (and keep_labelled) still asks for; the watch goes on."""
         for key in [k for k, body in self._bodies.items() if not self._wanted(k, body)]:
             del self._bodies[key]
+
+    def version(self, namespace: str, name: str) -> str | None:
+        """The resourceVersion of the body held; None if none is."""
+        body = self._bodies.get((namespace, name))
+        return None if body is None else body["metadata"].get("resourceVersion")
+
+    def held(self, labelled: bool) -> list[Key]:
+        """The Secrets whose bodies are held, with the operator's label or without."""
+        return [k for k, b in self._bodies.items() if b is not None and _labelled(b) == labelled]
 
     def peek(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The kept body, if any, without a read (not a copy: do not edit it)."""

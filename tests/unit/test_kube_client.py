@@ -15,6 +15,7 @@ import yaml
 from aiohttp import web
 
 from oauth_token_operator.kube import Kube, KubeError
+from oauth_token_operator.secret_lists import SecretLists
 
 
 def kubeconfig(tmp_path: Path, server: str) -> str:
@@ -113,7 +114,7 @@ async def test_an_api_server_that_is_down_is_a_kube_error(tmp_path: Path) -> Non
         with pytest.raises(KubeError):
             await kube.replace_secret("ns", {"metadata": {"name": "creds"}, "data": {}})
         with pytest.raises(KubeError):
-            async for _ in kube.watch_secrets("ns", "1", 5):
+            async for _ in SecretLists(kube.api_client).watch_secrets("ns", "1", 5):
                 pass
     finally:
         await kube.close()

@@ -29,7 +29,12 @@ class FakeAPI:
         self.watch_versions: list[str] = []
 
     async def list_secrets(
-        self, namespace: str | None, limit: int, token: str | None = None
+        self,
+        namespace: str | None,
+        limit: int,
+        token: str | None = None,
+        selector: str = "",
+        metadata_only: bool = False,
     ) -> dict[str, Any]:
         self.list_calls.append(token)
         if not token:
@@ -39,7 +44,13 @@ class FakeAPI:
         return self._pages.pop(0)
 
     async def watch_secrets(
-        self, namespace: str | None, resource_version: str, server_timeout: int
+        self,
+        namespace: str | None,
+        resource_version: str,
+        server_timeout: int,
+        selector: str = "",
+        metadata_only: bool = False,
+        batch: float = 0.0,
     ) -> AsyncIterator[dict[str, Any]]:
         self.watch_versions.append(resource_version)
         if not self.watches:
@@ -127,9 +138,13 @@ async def test_a_failed_list_is_retried_and_other_watch_errors_back_off() -> Non
     original = api.list_secrets
 
     async def list_secrets(
-        namespace: str | None, limit: int, token: str | None = None
+        namespace: str | None,
+        limit: int,
+        token: str | None = None,
+        selector: str = "",
+        metadata_only: bool = False,
     ) -> dict[str, Any]:
-        answer = await original(namespace, limit, token)
+        answer = await original(namespace, limit, token, selector, metadata_only)
         if isinstance(answer, BaseException):
             raise answer
         return answer
