@@ -23,8 +23,9 @@ from typing import Any
 from . import reasons
 from .kube import KubeError
 from .oauth import OAuthError, Outcome
+from .policy import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION
 from .ports import ServiceAccountAPI
-from .spec import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, ServiceAccountToken
+from .spec import ServiceAccountToken
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from .policy import (
+    KUBERNETES_AUDIENCES,
+    SERVICE_ACCOUNT_TOKEN_SECONDS,
+    minting_output_refusal,
+)
 from .templates import TemplateError, compile_template
 
 API_GROUP = "oauth-token-operator.dev"
@@ -55,23 +60,6 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A provider's token that lives shorter than this cannot be refreshed before it expires.
 MIN_DEFAULT_LIFETIME = 60.0
-# The ServiceAccount annotation that opts in: the audiences (comma-separated) for which the
-# operator may mint the ServiceAccount's tokens.
-SERVICE_ACCOUNT_AUDIENCES_ANNOTATION = f"{API_GROUP}/token-audiences"
-# Audiences a kube-apiserver accepts in common setups: never minted (the issuer and the
-# apiserver's own audiences are checked at run time too).
-KUBERNETES_AUDIENCES = frozenset(
-    {
-        "https://kubernetes.default.svc",
-        "https://kubernetes.default.svc.cluster.local",
-        "https://kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes",
-        "api",
-    }
-)
-# TokenRequest's floor; Keycloak and most providers refuse assertions living over an hour.
-SERVICE_ACCOUNT_TOKEN_SECONDS = (600, 3600)
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -550,6 +538,8 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
             "different keys (one would overwrite another)"
         )
     _check_templates(output)
+    if refusal := minting_output_refusal(output.type, output.labels, output.annotations):
+        raise SpecError(refusal)
 
     tls = spec.get("tls") or {}
     certificate_ref = tls.get("clientCertificateSecretRef") or {}
