@@ -554,11 +554,11 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
     service_account_token = _service_account_token(spec.get("serviceAccountToken"), auth)
     exchange = _token_exchange(spec.get("tokenExchange"), grant)
     endpoint = _endpoint(spec)
-    if (service_account_token or exchange.service_account) and not (
+    if (service_account_token or exchange.service_account or exchange.secret) and not (
         endpoint.issuer or endpoint.token_endpoint or ""
     ).startswith("https://"):
         raise SpecError(
-            "a ServiceAccount token is a Kubernetes identity: the "
+            "a ServiceAccount token or a subject token is a credential: the "
             "issuer or tokenEndpoint must be https"
         )
     ca = tls.get("caBundleSecretRef")

@@ -129,3 +129,17 @@ def test_shared_tenancy_uses_only_trusted_inline_endpoints(
     trusted: frozenset[str], destination: str, tenancy: Tenancy, allowed: bool
 ) -> None:
     assert (endpoint_trust_refusal(destination, trusted, tenancy) is None) is allowed
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        {"secretKeyRef": {"name": "subject", "key": "token"}},
+        {"serviceAccountToken": {"serviceAccountName": "app", "audience": "https://a.example"}},
+    ],
+)
+def test_a_subject_token_needs_an_https_endpoint(subject: dict[str, Any]) -> None:
+    exchange = {"grantType": "token_exchange", "tokenExchange": {"subjectToken": subject}}
+    with pytest.raises(SpecError, match="must be https"):
+        parse(body(issuer="http://auth.example.com", **exchange))
+    parse(body(**exchange))
