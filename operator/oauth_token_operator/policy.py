@@ -16,6 +16,7 @@ single-tenant behaviour."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -150,3 +151,22 @@ def endpoint_trust_refusal(
         "OAuthClient may use only an issuer or token endpoint the platform lists "
         "(--trusted-endpoints, chart value trustedEndpoints)"
     )
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The operator's tenancy settings, applied to one OAuthClient's run."""
+
+    tenancy: Tenancy = Tenancy.SHARED
+    trusted_endpoints: frozenset[str] = frozenset()
+
+    def endpoint_refusal(self, destination: str) -> str | None:
+        return endpoint_trust_refusal(destination, self.trusted_endpoints, self.tenancy)
+
+    def secret_refusal(
+        self, secret: Mapping[str, Any] | None, name: str, client: str, what: str
+    ) -> str | None:
+        return secret_use_refusal(secret, name, client, self.tenancy, what)
+
+
+SINGLE_TENANT = Guard(Tenancy.SINGLE)

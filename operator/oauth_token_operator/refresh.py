@@ -53,7 +53,7 @@ class Refresher:
         # watch before kopf brings the client, a restart reads none of them again.
         self.secrets = CachedSecrets(kube, self._tracked, keep_labelled=not settings.selector)
         holder = holder or Holder(settings.identity)
-        assertions = ServiceAccountAssertions(kube)
+        assertions = ServiceAccountAssertions(kube, settings.guard.tenancy)
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock, assertions)
         self.rollouts = Restarter(kube, kube)
         self.runner = Runner(

@@ -134,11 +134,16 @@ class Runner:
         recorded = recorded_token(output, spec.output.access_token_key) if output else None
         try:
             inputs = await read_inputs(
-                self.kube, self.config_maps, spec, state.unpersisted_refresh_token
+                self.kube,
+                self.config_maps,
+                spec,
+                state.unpersisted_refresh_token,
+                self.settings.guard,
             )
         except OAuthError as exc:
-            if exc.reason == reasons.CREDENTIALS_NOT_FOUND:
-                state.credentials_fingerprint = "absent"  # so that its creation triggers a run
+            # So that the Secret's creation, or its opt-in, triggers a run.
+            if exc.reason in (reasons.CREDENTIALS_NOT_FOUND, reasons.SECRET_NOT_OPTED_IN):
+                state.credentials_fingerprint = "absent"
             return output, decide.Gathered(recorded, inputs_error=exc), None
         except KubeError as exc:
             error = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))

@@ -187,6 +187,7 @@ def test_default_args_and_rollout(helm: Path) -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
         "run",
+        "--tenancy=shared",
         "--concurrency=32",
         "--propagation-margin=90s",
         "--drain-timeout=25s",
@@ -213,7 +214,8 @@ def test_chart_defaults_are_the_operators(helm: Path) -> None:
     (container,) = only(render(helm), "Deployment")["spec"]["template"]["spec"]["containers"]
     parser = build_parser()
     chart, bare = parser.parse_args(container["args"]), parser.parse_args(["run"])
-    for option in ("concurrency", "propagation_margin", "drain_timeout", "log_level"):
+    options = ("concurrency", "propagation_margin", "drain_timeout", "log_level", "tenancy")
+    for option in (*options, "trusted_endpoints"):
         assert getattr(chart, option) == getattr(bare, option), option
 
 
@@ -223,6 +225,8 @@ def test_args_follow_values(helm: Path) -> None:
         "watchNamespaces={team-a,team-b}",
         "allowHttp=true",
         "allowedHosts={idp.example,login.example}",
+        "tenancy=single",
+        "trustedEndpoints={https://sso.example/realms/a,https://login.example/token}",
         "concurrency=4",
         "propagationMargin=2m",
         "peering.enabled=true",
@@ -240,6 +244,8 @@ def test_args_follow_values(helm: Path) -> None:
         "--namespace=team-b",
         "--allow-http",
         "--allowed-hosts=idp.example,login.example",
+        "--tenancy=single",
+        "--trusted-endpoints=https://sso.example/realms/a,https://login.example/token",
         "--concurrency=4",
         "--propagation-margin=2m",
         "--drain-timeout=40s",

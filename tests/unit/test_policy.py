@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
-from oauth_token_operator import policy, spec
+from oauth_token_operator import policy, reasons, spec
+from oauth_token_operator.cli import build_parser
+from oauth_token_operator.exchange import read_inputs
+from oauth_token_operator.oauth import OAuthError
 from oauth_token_operator.policy import (
     ALLOWED_CLIENTS_ANNOTATION,
     SERVICE_ACCOUNT_ENDPOINTS_ANNOTATION,
+    SINGLE_TENANT,
+    Guard,
     Tenancy,
     endpoint_trust_refusal,
     minting_output_refusal,
@@ -143,3 +149,103 @@ def test_a_subject_token_needs_an_https_endpoint(subject: dict[str, Any]) -> Non
     with pytest.raises(SpecError, match="must be https"):
         parse(body(issuer="http://auth.example.com", **exchange))
     parse(body(**exchange))
+
+
+def test_the_operator_is_shared_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OAUTH_TOKEN_OPERATOR_TENANCY", raising=False)
+    monkeypatch.delenv("OAUTH_TOKEN_OPERATOR_TRUSTED_ENDPOINTS", raising=False)
+    args = build_parser().parse_args(["run"])
+    assert (args.tenancy, args.trusted_endpoints) == ("shared", [])
+    assert Guard() == Guard(Tenancy.SHARED, frozenset())  # Settings() too
+    monkeypatch.setenv("OAUTH_TOKEN_OPERATOR_TENANCY", "Single")
+    monkeypatch.setenv("OAUTH_TOKEN_OPERATOR_TRUSTED_ENDPOINTS", f"{ISSUER}, https://b.example")
+    args = build_parser().parse_args(["run"])
+    assert (args.tenancy, args.trusted_endpoints) == ("single", [ISSUER, "https://b.example"])
+    assert build_parser().parse_args(["run", "--tenancy", "shared"]).tenancy == "shared"
+
+
+def test_a_bad_tenancy_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OAUTH_TOKEN_OPERATOR_TENANCY", "multi")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run"])
+    err = capsys.readouterr().err
+    assert "from OAUTH_TOKEN_OPERATOR_TENANCY" in err and "shared, single" in err
+
+
+class Secrets:
+    """Secrets by name; records every write (a write to a foreign Secret is a leak too)."""
+
+    def __init__(self, bodies: dict[str, dict[str, Any]]) -> None:
+        self.bodies = bodies
+        self.writes: list[str] = []
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.bodies.get(name)
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.writes.append(body["metadata"]["name"])
+        return body
+
+    async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.writes.append(body["metadata"]["name"])
+        return body
+
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+
+def stored(name: str, data: dict[str, str], allowed: str | None) -> dict[str, Any]:
+    annotations = {} if allowed is None else {ALLOWED_CLIENTS_ANNOTATION: allowed}
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {"metadata": {"name": name, "annotations": annotations}, "data": encoded}
+
+
+TRUSTED = Guard(Tenancy.SHARED, frozenset({"https://auth.example.com"}))
+EXCHANGE = {
+    "grantType": "token_exchange",
+    "tokenExchange": {"subjectToken": {"secretKeyRef": {"name": "subject", "key": "t"}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("client", "creds_opt_in", "subject_opt_in", "guard", "reason"),
+    [
+        ({}, "rapidata", None, TRUSTED, None),
+        ({}, None, None, TRUSTED, reasons.SECRET_NOT_OPTED_IN),
+        ({}, "someone-else", None, TRUSTED, reasons.SECRET_NOT_OPTED_IN),
+        ({}, "rapidata", None, Guard(), reasons.ENDPOINT_NOT_TRUSTED),
+        ({}, None, None, SINGLE_TENANT, None),
+        ({}, None, None, None, None),  # the `token` command: the user's own rights
+        (EXCHANGE, "*", "rapidata", TRUSTED, None),
+        (EXCHANGE, "*", None, TRUSTED, reasons.SECRET_NOT_OPTED_IN),
+        (EXCHANGE, "*", "other", SINGLE_TENANT, reasons.SECRET_NOT_OPTED_IN),
+    ],
+)
+async def test_inputs_are_read_only_from_secrets_that_opted_in(
+    client: dict[str, Any],
+    creds_opt_in: str | None,
+    subject_opt_in: str | None,
+    guard: Guard | None,
+    reason: str | None,
+) -> None:
+    secrets = Secrets(
+        {
+            "rapidata-credentials": stored(
+                "rapidata-credentials", {"client_id": "id", "client_secret": "pw"}, creds_opt_in
+            ),
+            "subject": stored("subject", {"t": "subject-token"}, subject_opt_in),
+        }
+    )
+    spec = parse(body(**client))
+    if reason is None:
+        inputs = await read_inputs(secrets, secrets, spec, None, guard)
+        assert inputs.creds.client_secret == "pw"
+        return
+    with pytest.raises(OAuthError) as refused:
+        # A rotated refresh token waiting to be written back is not written either.
+        await read_inputs(secrets, secrets, spec, "rotated-refresh-token", guard)
+    assert refused.value.reason == reason
+    assert secrets.writes == []
+    assert "pw" not in refused.value.message and "subject-token" not in refused.value.message

@@ -25,6 +25,7 @@ from oauth_token_operator.oauth import (
     Token,
     parse_token_response,
 )
+from oauth_token_operator.policy import SINGLE_TENANT
 from oauth_token_operator.refresh import Refresher
 from oauth_token_operator.secret_bodies import owned_by
 from oauth_token_operator.spec import (
@@ -266,7 +267,7 @@ class World:
         return Refresher(
             self.kube,
             self.tokens,
-            Settings(concurrency=4, propagation_margin=90.0),
+            Settings(guard=SINGLE_TENANT, concurrency=4, propagation_margin=90.0),
             clock=self.clock,
         )
 
@@ -385,7 +386,7 @@ async def test_restart_reads_the_output_secret_the_watch_listed_before_the_clien
     world.refresher = Refresher(
         world.kube,
         world.tokens,
-        Settings(concurrency=4, propagation_margin=90.0, selector=selector),
+        Settings(guard=SINGLE_TENANT, concurrency=4, propagation_margin=90.0, selector=selector),
         clock=world.clock,
     )
     for name in (OUTPUT_SECRET, CREDS_SECRET):
