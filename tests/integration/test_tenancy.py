@@ -7,11 +7,22 @@ must receive nothing; the status, or admission, says why."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from tests.integration.test_keyless import tokens_minted
+from tests.integration.test_operator import oauth_client
+from tests.integration.test_rbac import under_chart_rbac
+from tests.support.attacker import Attacker
 from tests.support.cluster import Cluster
+from tests.support.controlplane import ControlPlane
+from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
+from tests.support.operator_process import OperatorProcess
+from tests.support.pki import TestCA
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +56,13 @@ def tenant(cluster: Cluster) -> str:
 def as_tenant(cluster: Cluster, obj: dict[str, Any]) -> Any:
     obj.setdefault("metadata", {})["namespace"] = cluster.namespace
     return cluster.kubectl("apply", f"--as={TENANT}", "-f", "-", input=json.dumps(obj), check=False)
+
+
+def resource_version(cluster: Cluster, secret: str) -> str:
+    """Only the version: a Secret's body must not reach the test's output."""
+    path = "jsonpath={.metadata.resourceVersion}"
+    got = cluster.kubectl("get", "secret", secret, "-n", cluster.namespace, "-o", path)
+    return str(got.stdout)
 
 
 def client(name: str, endpoint: str, **spec: Any) -> dict[str, Any]:
@@ -96,3 +114,183 @@ def test_admission_refuses_output_secrets_that_kubernetes_fills_with_credentials
     assert (
         as_tenant(cluster, client("fine", "https://127.0.0.1:9/token", secret=fine)).returncode == 0
     )
+
+
+AUDIENCE = "https://sso.example/realms/apps"
+AUDIENCES_ANNOTATION = "oauth-token-operator.dev/token-audiences"
+ENDPOINTS_ANNOTATION = "oauth-token-operator.dev/token-endpoints"
+ALLOWED_CLIENTS = "oauth-token-operator.dev/allowed-clients"
+
+
+@pytest.fixture
+def billing(cluster: Cluster, identity_provider: IdentityProvider) -> str:
+    """Another team's ServiceAccount, opted in to tokens for its provider (audience and,
+    as shared tenancy asks, the issuer they go to)."""
+    annotations = {AUDIENCES_ANNOTATION: AUDIENCE, ENDPOINTS_ANNOTATION: identity_provider.issuer}
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "billing", "annotations": annotations},
+        }
+    )
+    return "billing"
+
+
+@pytest.fixture
+def attacker(test_ca: TestCA) -> Iterator[Attacker]:
+    with Attacker(test_ca) as server:
+        yield server
+
+
+def shared_operator(
+    cluster: Cluster, tmp_path: Path, *trusted: str
+) -> tuple[OperatorProcess, list[dict[str, Any]]]:
+    """The operator as the chart's ServiceAccount (ServiceAccount tokens enabled), with the
+    default tenancy; `trusted`: the platform's --trusted-endpoints, given through the
+    environment so that an operator without tenancy runs the same test (and leaks)."""
+    kubeconfig, rbac = under_chart_rbac(cluster, "otot", "tn", "serviceAccountTokens.enabled=true")
+    env = {"OAUTH_TOKEN_OPERATOR_TRUSTED_ENDPOINTS": ",".join(trusted)}
+    process = OperatorProcess(
+        kubeconfig, cluster.namespace, tmp_path / "op.log", tenancy=None, env=env
+    )
+    return process, rbac
+
+
+def keyless(name: str, endpoint: str, **spec: Any) -> dict[str, Any]:
+    obj = client(name, endpoint, **spec)
+    del obj["spec"]["credentialsSecretRef"]
+    obj["spec"]["clientId"] = "tenant-chosen"
+    return obj
+
+
+ACCOUNT = {"serviceAccountName": "billing", "audience": AUDIENCE}
+
+
+def sa_clients(endpoint: str, cluster: Cluster) -> list[str]:
+    """billing's token as the client assertion, and as the subject token of an exchange."""
+    assertion = keyless(
+        "assertion", endpoint, clientAuthentication="service_account_token",
+        serviceAccountToken=ACCOUNT,
+    )  # fmt: skip
+    subject = client(
+        "subject", endpoint, credentialsSecretRef={"name": "tenant-own"},
+        grantType="token_exchange",
+        tokenExchange={"subjectToken": {"serviceAccountToken": ACCOUNT}},
+    )  # fmt: skip
+    for obj in (assertion, subject):
+        assert as_tenant(cluster, obj).returncode == 0
+    return ["assertion", "subject"]
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted-endpoint", "trusted-endpoint"])
+def test_a_tenant_gets_no_service_account_token_sent_to_its_endpoint(
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    tenant: str,
+    billing: str,
+    attacker: Attacker,
+    tmp_path: Path,
+    trusted: bool,
+) -> None:
+    """billing opted in for its provider; the tenant names billing and its own endpoint.
+    Untrusted: the platform never listed that endpoint (EndpointNotTrusted). Trusted: the
+    platform trusts it, but billing did not name it (ServiceAccountNotOptedIn)."""
+    # The tenant's own client credentials, for the token exchange (opted in by its owner).
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "tenant-own", "annotations": {ALLOWED_CLIENTS: "*"}},
+            "stringData": {"client_id": "t", "client_secret": "t"},
+        }
+    )
+    endpoint = f"{attacker.url}/token"
+    operator, rbac = shared_operator(cluster, tmp_path, *([endpoint] if trusted else []))
+    minted = tokens_minted(control_plane)
+    try:
+        with operator:
+            names = sa_clients(endpoint, cluster)
+            for name in names:
+                ready = cluster.wait_not_ready(name)
+                expected = "ServiceAccountNotOptedIn" if trusted else "EndpointNotTrusted"
+                assert ready["reason"] == expected, ready
+                assert (ENDPOINTS_ANNOTATION if trusted else "trusted endpoints") in ready[
+                    "message"
+                ]
+            logs = operator.logs()
+    finally:
+        cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+    assert attacker.posts() == []
+    assert tokens_minted(control_plane) == minted
+    assert "eyJ" not in logs
+
+
+@pytest.mark.parametrize("use", ["client-secret", "subject-token"])
+def test_a_tenant_gets_no_secret_of_the_namespace_sent_to_its_endpoint(
+    cluster: Cluster, tenant: str, attacker: Attacker, tmp_path: Path, use: str
+) -> None:
+    """The database password (a Secret the tenant may not read, that never opted in) named
+    as a client secret or as a subject token, towards an endpoint the platform trusts."""
+    cluster.create_secret("db", {"username": "app", "password": "hunter2-db-password"})
+    version = resource_version(cluster, "db")
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "tenant-own", "annotations": {ALLOWED_CLIENTS: "steal"}},
+            "stringData": {"client_id": "t", "client_secret": "t"},
+        }
+    )
+    endpoint = f"{attacker.url}/token"
+    if use == "client-secret":
+        ref = {"name": "db", "clientIdKey": "username", "clientSecretKey": "password"}
+        obj = client("steal", endpoint, credentialsSecretRef=ref)
+    else:
+        subject = {"secretKeyRef": {"name": "db", "key": "password"}}
+        obj = client(
+            "steal",
+            endpoint,
+            credentialsSecretRef={"name": "tenant-own"},
+            grantType="token_exchange",
+            tokenExchange={"subjectToken": subject},
+        )
+    operator, rbac = shared_operator(cluster, tmp_path, endpoint)
+    try:
+        with operator:
+            assert as_tenant(cluster, obj).returncode == 0
+            ready = cluster.wait_not_ready("steal")
+            assert ready["reason"] == "SecretNotOptedIn", ready
+            what = "the client credentials" if use == "client-secret" else "the subject token"
+            assert f"Secret db ({what}) has not opted in" in ready["message"]
+            logs = operator.logs()
+    finally:
+        cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+    assert attacker.posts() == []
+    assert resource_version(cluster, "db") == version  # nothing written into it either
+    seen = json.dumps(cluster.get("oauthclient", "steal")) + json.dumps(cluster.events("steal"))
+    assert "hunter2" not in seen and "hunter2" not in logs
+
+
+def test_shared_tenancy_works_for_secrets_that_opted_in_and_trusted_issuers(
+    cluster: Cluster,
+    tenant: str,
+    identity_provider: IdentityProvider,
+    idp_ca_secret: str,
+    tmp_path: Path,
+) -> None:
+    """What the platform and the Secret's owner allowed works, for the same tenant; an
+    opt-in added later is picked up within seconds."""
+    cluster.create_secret("creds", {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET})
+    obj = oauth_client("app", identity_provider.issuer, "creds")
+    operator, rbac = shared_operator(cluster, tmp_path, identity_provider.issuer)
+    try:
+        with operator:
+            assert as_tenant(cluster, obj).returncode == 0
+            assert cluster.wait_not_ready("app")["reason"] == "SecretNotOptedIn"
+            cluster.kubectl(
+                "annotate", "secret", "creds", "-n", cluster.namespace, f"{ALLOWED_CLIENTS}=app"
+            )
+            cluster.wait_ready("app", timeout=30)
+    finally:
+        cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)

@@ -21,6 +21,7 @@ class OperatorProcess(Service):
         log_path: Path,
         extra_args: tuple[str, ...] = (),
         tenancy: str | None = "single",
+        env: dict[str, str] | None = None,
     ) -> None:
         """`tenancy`: the --tenancy flag. Most tests use inline endpoints and Secrets that
         never opted in, as single-tenant clusters do; None runs with the operator's default
@@ -30,6 +31,7 @@ class OperatorProcess(Service):
         self.log_path = log_path
         self.extra_args = extra_args
         self.tenancy = tenancy
+        self.env = env or {}
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -51,6 +53,7 @@ class OperatorProcess(Service):
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         env.pop("OAUTH_TOKEN_OPERATOR_TENANCY", None)
+        env.update(self.env)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
