@@ -678,3 +678,23 @@ def test_grafana_dashboard_charts_only_series_the_operator_serves(helm: Path) ->
         for name in re.findall(r"oauth_token_operator_\w+", expr):
             base = re.sub(r"_(bucket|count|sum)$", "", name)
             assert base in served, f"{name} in the dashboard is not a documented metric"
+
+
+def test_the_shared_tenancy_example_values_render(helm: Path) -> None:
+    example = REPO / "examples" / "shared-tenancy-values.yaml"
+    (container,) = only(render(helm, values_file=example), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert "--tenancy=shared" in container["args"]
+    trusted = [a for a in container["args"] if a.startswith("--trusted-endpoints=")]
+    assert trusted == [
+        "--trusted-endpoints=https://sso.example.com/realms/apps,"
+        "https://auth.example.com/connect/token"
+    ]
+
+
+@pytest.mark.parametrize("value", ["tenancy=multi", "trustedEndpoints={not-a-url}"])
+def test_schema_rejects_bad_tenancy_values(helm: Path, value: str) -> None:
+    result = run_helm(helm, "template", "x", str(CHART), "--set", value)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
