@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.test_chart import install
 from tests.integration.test_keyless import tokens_minted
 from tests.integration.test_operator import oauth_client
 from tests.integration.test_rbac import under_chart_rbac
 from tests.support.attacker import Attacker
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
 from tests.support.operator_process import OperatorProcess
@@ -294,3 +295,45 @@ def test_shared_tenancy_works_for_secrets_that_opted_in_and_trusted_issuers(
             cluster.wait_ready("app", timeout=30)
     finally:
         cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+
+
+def test_the_charts_admission_policy_refuses_untrusted_endpoints(
+    cluster: Cluster, control_plane: ControlPlane, tenant: str
+) -> None:
+    """The chart with its default tenancy installs a ValidatingAdmissionPolicy: the tenant's
+    OAuthClient naming its own endpoint is refused by the apiserver, with a message a person
+    understands; a trusted endpoint passes; a client stored before keeps being editable."""
+    trusted = "https://127.0.0.1:9/realms/apps"
+    stored = client("stored", "https://127.0.0.1:9/before")
+    assert as_tenant(cluster, stored).returncode == 0  # before the policy
+    releases = install(
+        control_plane, "vap", "vap-" + cluster.namespace, f"trustedEndpoints={{{trusted}/}}",
+        f"watchNamespaces={{{cluster.namespace}}}",
+    )  # fmt: skip
+    next(releases)
+    try:
+        own = client("own", "https://127.0.0.1:9/attacker/token")
+
+        def refused() -> str | None:
+            result = as_tenant(cluster, own)
+            if result.returncode == 0:  # not in force yet: a later apply would be an update
+                cluster.kubectl("delete", "oauthclient", "own", "-n", cluster.namespace)
+                return None
+            return str(result.stderr)
+
+        message = eventually(refused, timeout=30, what="the policy in force")
+        assert "ValidatingAdmissionPolicy" in message
+        assert (
+            "spec.issuer/spec.tokenEndpoint https://127.0.0.1:9/attacker/token is not an "
+            "endpoint this cluster trusts" in message
+        )
+        assert trusted in message and "trustedEndpoints" in message
+        assert cluster.get("oauthclient", "own") is None
+        assert as_tenant(cluster, client("fine", trusted)).returncode == 0
+        assert as_tenant(cluster, client("slash", trusted + "/")).returncode == 0
+        stored["metadata"]["labels"] = {"team": "a"}
+        assert as_tenant(cluster, stored).returncode == 0  # same endpoint: editable
+        moved = client("stored", "https://127.0.0.1:9/elsewhere")
+        assert as_tenant(cluster, moved).returncode != 0
+    finally:
+        next(releases, None)

@@ -334,10 +334,14 @@ def test_deploy_manifests_are_the_rendered_chart(helm: Path) -> None:
         "Namespace",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",  # shared tenancy, the default: trusted endpoints only
+        "ValidatingAdmissionPolicyBinding",
     ]
     assert only(manifests, "Namespace")["metadata"]["name"] == "oauth-token-operator"
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for manifest in manifests:
-        if manifest["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
+        if manifest["kind"] not in cluster_scoped:
             assert manifest["metadata"]["namespace"] == "oauth-token-operator"
 
 
@@ -698,3 +702,34 @@ def test_schema_rejects_bad_tenancy_values(helm: Path, value: str) -> None:
     result = run_helm(helm, "template", "x", str(CHART), "--set", value)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "rendered"),
+    [((), True), (("tenancy=single",), False), (("admissionPolicy.enabled=false",), False)],
+)
+def test_the_admission_policy_comes_with_shared_tenancy(
+    helm: Path, values: tuple[str, ...], rendered: bool
+) -> None:
+    manifests = render(helm, *values)
+    assert bool(of_kind(manifests, "ValidatingAdmissionPolicy")) is rendered
+    assert bool(of_kind(manifests, "ValidatingAdmissionPolicyBinding")) is rendered
+
+
+def test_the_admission_policy_follows_the_trusted_endpoints_and_namespaces(helm: Path) -> None:
+    manifests = render(
+        helm, "trustedEndpoints={https://a.example/,https://b.example/token}",
+        "watchNamespaces={team-a,team-b}",
+    )  # fmt: skip
+    policy = only(manifests, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["trusted"]) == ["https://a.example", "https://b.example/token"]
+    selector = policy["spec"]["matchConstraints"]["namespaceSelector"]["matchExpressions"]
+    assert selector == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+    binding = only(manifests, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
