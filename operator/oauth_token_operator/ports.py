@@ -44,6 +44,12 @@ class WorkloadAPI(Protocol):
         self, namespace: str, kind: str, name: str
     ) -> dict[str, str] | None: ...
 
+    async def get_workload_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        """The workload's own annotations (its owner's opt-ins); None: it does not exist."""
+        ...
+
     async def patch_pod_template_annotations(
         self, namespace: str, kind: str, name: str, annotations: dict[str, str]
     ) -> bool:

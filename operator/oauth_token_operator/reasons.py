@@ -59,3 +59,5 @@ KUBERNETES_ERROR = "KubernetesError"
 ROLLOUT_RESTARTED = "RolloutRestarted"
 ROLLOUT_TARGET_NOT_FOUND = "RolloutTargetNotFound"
 ROLLOUT_FAILED = "RolloutRestartFailed"
+# Shared tenancy: the workload's allowed-clients annotation does not name the client.
+ROLLOUT_TARGET_NOT_OPTED_IN = "RolloutTargetNotOptedIn"

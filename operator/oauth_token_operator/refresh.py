@@ -55,7 +55,7 @@ class Refresher:
         holder = holder or Holder(settings.identity)
         assertions = ServiceAccountAssertions(kube, settings.guard.tenancy)
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock, assertions)
-        self.rollouts = Restarter(kube, kube)
+        self.rollouts = Restarter(kube, kube, tenancy=settings.guard.tenancy)
         self.runner = Runner(
             self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts
         )

@@ -18,6 +18,7 @@ from tests.integration.test_chart import install
 from tests.integration.test_keyless import tokens_minted
 from tests.integration.test_operator import oauth_client
 from tests.integration.test_rbac import under_chart_rbac
+from tests.integration.test_rollout import deployment
 from tests.support.attacker import Attacker
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
@@ -337,3 +338,55 @@ def test_the_charts_admission_policy_refuses_untrusted_endpoints(
         assert as_tenant(cluster, moved).returncode != 0
     finally:
         next(releases, None)
+
+
+def test_a_tenant_cannot_restart_a_workload_that_did_not_name_its_client(
+    cluster: Cluster, tenant: str, identity_provider: IdentityProvider, idp_ca_secret: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """rolloutTargets patch a workload's pod template: in shared tenancy only a workload
+    whose allowed-clients annotation names the client is restarted (chart RBAC with
+    rolloutTargets.enabled)."""
+    theirs, ours = deployment("payments"), deployment("web")
+    ours["metadata"]["annotations"] = {ALLOWED_CLIENTS: "app"}
+    cluster.apply(theirs)
+    cluster.apply(ours)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "annotations": {ALLOWED_CLIENTS: "app"}},
+            "stringData": {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET},
+        }
+    )
+    targets = [{"kind": "Deployment", "name": "payments"}, {"kind": "Deployment", "name": "web"}]
+    obj = oauth_client("app", identity_provider.issuer, "creds", rolloutTargets=targets)
+    kubeconfig, rbac = under_chart_rbac(
+        cluster, "otor", "ro", "serviceAccountTokens.enabled=true", "rolloutTargets.enabled=true"
+    )
+    env = {"OAUTH_TOKEN_OPERATOR_TRUSTED_ENDPOINTS": identity_provider.issuer}
+    operator = OperatorProcess(
+        kubeconfig, cluster.namespace, tmp_path / "op.log", tenancy=None, env=env
+    )
+    try:
+        with operator:
+            assert as_tenant(cluster, obj).returncode == 0
+            cluster.wait_ready("app")
+
+            def template(name: str) -> dict[str, str]:
+                found = cluster.get("deployment", name) or {}
+                return dict(found["spec"]["template"]["metadata"].get("annotations") or {})
+
+            eventually(lambda: template("web"), timeout=30, what="web restarted")
+            refused = eventually(
+                lambda: next(
+                    (e for e in cluster.events("app") if e["reason"] == "RolloutTargetNotOptedIn"),
+                    None,
+                ),
+                timeout=30,
+                what="a RolloutTargetNotOptedIn event",
+            )
+            assert "Deployment payments is not restarted" in refused["message"]
+            assert template("payments") == {}
+    finally:
+        cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)

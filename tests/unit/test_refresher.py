@@ -78,6 +78,8 @@ class FakeKube:
         # (namespace, kind, name) -> pod template annotations; patches as (kind, name, patch)
         self.workloads: dict[tuple[str, str, str], dict[str, str]] = {}
         self.workload_patches: list[tuple[str, str, dict[str, str]]] = []
+        # The workloads' own annotations (their owners' opt-ins), by (namespace, kind, name).
+        self.workload_opt_ins: dict[tuple[str, str, str], dict[str, str]] = {}
         # ServiceAccounts by (namespace, name); tokens minted as (namespace, name, audience)
         self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
         self.minted: list[tuple[str, str, str]] = []
@@ -130,6 +132,14 @@ class FakeKube:
     ) -> dict[str, str] | None:
         found = self.workloads.get((namespace, kind, name))
         return dict(found) if found is not None else None
+
+    async def get_workload_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        found = self.workload_opt_ins.get((namespace, kind, name))
+        if found is None and (namespace, kind, name) not in self.workloads:
+            return None
+        return dict(found or {})
 
     async def patch_pod_template_annotations(
         self, namespace: str, kind: str, name: str, annotations: dict[str, str]
