@@ -333,6 +333,12 @@ def run_operator(args: argparse.Namespace) -> int:
         args.allowed_hosts or "any",
         args.concurrency,
     )
+    if args.tenancy == Tenancy.SHARED and not args.trusted_endpoints:
+        logging.getLogger(__name__).warning(
+            "shared tenancy with no --trusted-endpoints: every OAuthClient with an inline "
+            "issuer or token endpoint is refused (EndpointNotTrusted); list the platform's "
+            "endpoints, or run with --tenancy single where every OAuthClient author is trusted"
+        )
     while True:
         # An asyncio.Event, not a threading one: kopf waits for a threading.Event in an
         # executor thread that nothing wakes, and asyncio.run() then waits for it at exit.
