@@ -141,6 +141,8 @@ class _Checks:
     def endpoint(self) -> None:
         endpoint = self.spec.request.endpoint
         destination = endpoint.issuer or endpoint.token_endpoint or ""
+        if endpoint.provider:
+            return  # the platform's own provider (providers.resolve checked the namespace)
         if self.guard and (refusal := self.guard.endpoint_refusal(destination)):
             raise OAuthError(Outcome.NEEDS_HUMAN, reasons.ENDPOINT_NOT_TRUSTED, refusal)
 

@@ -242,7 +242,7 @@ class Kube:
         return True
 
     async def get_object(
-        self, group: str, version: str, plural: str, namespace: str, name: str
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = await _json(

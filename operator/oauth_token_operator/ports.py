@@ -57,6 +57,14 @@ class WorkloadAPI(Protocol):
         ...
 
 
+class ProviderAPI(Protocol):
+    """Custom objects (namespace None: cluster-scoped), e.g. ClusterOAuthProviders."""
+
+    async def get_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None: ...
+
+
 class ServiceAccountAPI(Protocol):
     """ServiceAccounts and their tokens (TokenRequest, TokenReview)."""
 
@@ -85,7 +93,9 @@ class StatusAPI(Protocol):
     ) -> None: ...
 
 
-class KubeAPI(SecretAPI, ConfigMapAPI, WorkloadAPI, ServiceAccountAPI, StatusAPI, Protocol):
+class KubeAPI(
+    SecretAPI, ConfigMapAPI, WorkloadAPI, ServiceAccountAPI, StatusAPI, ProviderAPI, Protocol
+):
     """Everything a run of the operator calls."""
 
 

@@ -57,7 +57,7 @@ class Refresher:
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock, assertions)
         self.rollouts = Restarter(kube, kube, tenancy=settings.guard.tenancy)
         self.runner = Runner(
-            self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts
+            self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts, kube
         )
         self.scheduler = schedule.Scheduler(
             self._run, settings.concurrency, clock, metrics.RUN_START_DELAY_SECONDS.observe

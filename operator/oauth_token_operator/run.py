@@ -20,7 +20,8 @@ from .custody import ClaimHeld
 from .exchange import Exchanger, Inputs, read_inputs
 from .kube import KubeError
 from .oauth import OAuthError, Outcome, Token
-from .ports import ConfigMapAPI, SecretAPI, StatusAPI
+from .ports import ConfigMapAPI, ProviderAPI, SecretAPI, StatusAPI
+from .providers import resolve
 from .report import Reporter
 from .rollout import Restarter
 from .secret_bodies import (
@@ -75,8 +76,10 @@ class Runner:
         clock: Callable[[], float],
         rng: random.Random,
         rollouts: Restarter,
+        providers: ProviderAPI | None = None,
     ) -> None:
         self.kube = secrets
+        self.providers = providers
         self.rollouts = rollouts
         self.config_maps = config_maps
         self.exchanger = exchanger
@@ -87,6 +90,10 @@ class Runner:
 
     async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
         """One pass; returns when to run next."""
+        try:
+            spec = await resolve(self.providers, spec)
+        except (OAuthError, KubeError) as exc:
+            return await self._unresolved(spec, state, exc)
         try:
             output, gathered, inputs = await self._gather(spec, state)
         except KubeError as exc:
@@ -122,6 +129,21 @@ class Runner:
             # Triggers (Secret events, retries) never bring two exchanges closer than the floor.
             return floor
         return await self._exchange(spec, state, inputs, recorded, output)
+
+    async def _unresolved(
+        self, spec: OAuthClientSpec, state: ClientState, exc: OAuthError | KubeError
+    ) -> float:
+        """spec.providerRef cannot be used: the token in place (if any) stays until expiry."""
+        if isinstance(exc, KubeError):
+            exc = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+        try:
+            output = await self.kube.get_secret(spec.key.namespace, spec.output.name)
+        except KubeError:
+            output = None
+        recorded = None
+        if output is not None and owned_by(output, spec.uid):
+            recorded = recorded_token(output, spec.output.access_token_key)
+        return await self._failed(spec, state, recorded, exc, output is not None)
 
     async def _gather(
         self, spec: OAuthClientSpec, state: ClientState

@@ -176,10 +176,12 @@ class RefreshPolicy:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where to find the token endpoint: by discovery from an issuer, or given directly."""
+    """Where to find the token endpoint: by discovery from an issuer, or given directly, or
+    (provider) the name of a ClusterOAuthProvider, resolved into one of those by providers.py."""
 
     issuer: str | None = None
     token_endpoint: str | None = None
+    provider: str | None = None
 
 
 @dataclass(frozen=True)
@@ -304,9 +306,11 @@ def _enum(cls: type[_E], value: Any, path: str) -> _E:
 
 
 def _endpoint(spec: dict[str, Any]) -> Endpoint:
-    issuer, token_endpoint = spec.get("issuer"), spec.get("tokenEndpoint")
-    if bool(issuer) == bool(token_endpoint):
-        raise SpecError("set exactly one of spec.issuer (OpenID discovery) or spec.tokenEndpoint")
+    issuer, token_endpoint, ref = (spec.get(k) for k in ("issuer", "tokenEndpoint", "providerRef"))
+    if [bool(issuer), bool(token_endpoint), bool(ref)].count(True) != 1:
+        raise SpecError("set exactly one of spec.issuer, spec.tokenEndpoint or spec.providerRef")
+    if isinstance(ref, dict):
+        return Endpoint(provider=_str(ref, "name", "", "spec.providerRef") or None)
     for name, url in (("issuer", issuer), ("tokenEndpoint", token_endpoint)):
         if url is not None and (
             not isinstance(url, str) or not url.startswith(("https://", "http://"))
@@ -555,7 +559,7 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
     exchange = _token_exchange(spec.get("tokenExchange"), grant)
     endpoint = _endpoint(spec)
     if (service_account_token or exchange.service_account or exchange.secret) and not (
-        endpoint.issuer or endpoint.token_endpoint or ""
+        endpoint.issuer or endpoint.token_endpoint or "https://"  # a provider's: checked later
     ).startswith("https://"):
         raise SpecError(
             "a ServiceAccount token or a subject token is a credential: the "

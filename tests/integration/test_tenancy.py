@@ -331,6 +331,10 @@ def test_the_charts_admission_policy_refuses_untrusted_endpoints(
         assert trusted in message and "trustedEndpoints" in message
         assert cluster.get("oauthclient", "own") is None
         assert as_tenant(cluster, client("fine", trusted)).returncode == 0
+        by_provider = client("by-provider", trusted)
+        del by_provider["spec"]["tokenEndpoint"]
+        by_provider["spec"]["providerRef"] = {"name": "sso"}
+        assert as_tenant(cluster, by_provider).returncode == 0  # the platform's provider
         assert as_tenant(cluster, client("slash", trusted + "/")).returncode == 0
         stored["metadata"]["labels"] = {"team": "a"}
         assert as_tenant(cluster, stored).returncode == 0  # same endpoint: editable
@@ -390,3 +394,68 @@ def test_a_tenant_cannot_restart_a_workload_that_did_not_name_its_client(
             assert template("payments") == {}
     finally:
         cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+
+
+def provider(name: str, issuer: str, *namespaces: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "oauth-token-operator.dev/v1alpha1",
+        "kind": "ClusterOAuthProvider",
+        "metadata": {"name": name},
+        "spec": {"issuer": issuer, "namespaces": list(namespaces)},
+    }
+
+
+def by_ref(name: str, provider_name: str) -> dict[str, Any]:
+    obj = client(name, "", credentialsSecretRef={"name": "creds"})
+    del obj["spec"]["tokenEndpoint"]
+    obj["spec"]["clientAuthentication"] = "client_secret_basic"
+    obj["spec"]["providerRef"] = {"kind": "ClusterOAuthProvider", "name": provider_name}
+    obj["spec"]["tls"] = {"caBundleSecretRef": {"name": "idp-ca"}}
+    return obj
+
+
+def test_a_cluster_provider_serves_the_namespaces_it_lists_and_no_other(
+    cluster: Cluster,
+    control_plane: ControlPlane,
+    tenant: str,
+    identity_provider: IdentityProvider,
+    idp_ca_secret: str,
+    tmp_path: Path,
+) -> None:
+    """Shared tenancy with no trusted endpoint at all: a ClusterOAuthProvider the platform
+    made is what a tenant's OAuthClient may use, from the namespaces it lists."""
+    ns = cluster.namespace
+    ours, theirs = f"sso-{ns}", f"elsewhere-{ns}"
+    can = cluster.kubectl(
+        "auth", "can-i", "create", "clusteroauthproviders", f"--as={TENANT}", check=False
+    )
+    assert can.stdout.strip() == "no"
+    for obj in (
+        provider(ours, identity_provider.issuer, ns),
+        provider(theirs, identity_provider.issuer, "some-other-namespace"),
+    ):
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "annotations": {ALLOWED_CLIENTS: "*"}},
+            "stringData": {"client_id": CC_BASIC, "client_secret": CC_BASIC_SECRET},
+        }
+    )
+    operator, rbac = shared_operator(cluster, tmp_path)
+    try:
+        with operator:
+            assert as_tenant(cluster, by_ref("app", ours)).returncode == 0
+            assert as_tenant(cluster, by_ref("stray", theirs)).returncode == 0
+            assert as_tenant(cluster, by_ref("nowhere", f"missing-{ns}")).returncode == 0
+            cluster.wait_ready("app")
+            stray = cluster.wait_not_ready("stray")
+            assert stray["reason"] == "ProviderNotAllowed", stray
+            assert f"does not list namespace {ns}" in stray["message"]
+            assert cluster.wait_not_ready("nowhere")["reason"] == "ProviderNotFound"
+            assert cluster.get("secret", "stray-token") is None
+    finally:
+        cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
+        for name in (ours, theirs):
+            control_plane.kubectl("delete", "clusteroauthprovider", name, check=False)

@@ -24,6 +24,7 @@ from tests.support.cached_build import BUILD_TIMEOUT
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "oauth-token-operator"
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
+PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
 
 # The first test to need helm may compile it.
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
@@ -93,22 +94,25 @@ def grants(role: Manifest, group: str, resource: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "copy",
+    ("copy", "source"),
     [
-        CHART / "crds" / CRD.name,
-        REPO / "deploy" / "crd.yaml",
+        (CHART / "crds" / CRD.name, CRD),
+        (REPO / "deploy" / "crd.yaml", CRD),
+        (CHART / "crds" / PROVIDER_CRD.name, PROVIDER_CRD),
+        (REPO / "deploy" / "crd-providers.yaml", PROVIDER_CRD),
     ],
-    ids=["chart", "deploy"],
+    ids=["chart", "deploy", "chart-providers", "deploy-providers"],
 )
-def test_crd_copy_is_identical_to_source(copy: Path) -> None:
-    assert copy.read_bytes() == CRD.read_bytes(), (
-        f"{copy.relative_to(REPO)} differs from {CRD.relative_to(REPO)}: run charts/sync-crd.sh"
+def test_crd_copy_is_identical_to_source(copy: Path, source: Path) -> None:
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"{copy.relative_to(REPO)} differs from {source.relative_to(REPO)}: run charts/sync-crd.sh"
     )
 
 
-def test_chart_holds_only_the_oauthclient_crd() -> None:
+def test_chart_holds_only_the_operators_crds() -> None:
     # Any other file in crds/ would be installed, unversioned and never upgraded, by helm.
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
+    names = sorted(p.name for p in (CHART / "crds").iterdir())
+    assert names == sorted([CRD.name, PROVIDER_CRD.name])
 
 
 # -- lint and schema --------------------------------------------------------------------
@@ -367,10 +371,14 @@ def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> N
             "name": roles[0]["metadata"]["name"],
         }
 
-    # What stays cluster-wide is only what kopf's scanning reads.
+    # What stays cluster-wide is only what kopf's scanning reads, and the platform's
+    # providers (cluster-scoped), read one at a time.
     for cluster_role in of_kind(operators(manifests), "ClusterRole"):
         for rule in cluster_role["rules"]:
             assert "secrets" not in rule["resources"], rule
+            if rule["resources"] == ["clusteroauthproviders"]:
+                assert rule["verbs"] == ["get"], rule
+                continue
             assert set(rule["verbs"]) <= {"list", "watch"}, rule
             assert "oauthclients" not in rule["resources"], rule
 
@@ -733,3 +741,12 @@ def test_the_admission_policy_follows_the_trusted_endpoints_and_namespaces(helm:
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
     }
+
+
+def test_tenants_roles_never_gain_providers(helm: Path) -> None:
+    """edit/admin/view aggregation: OAuthClients, never the platform's providers."""
+    for role in of_kind(render(helm), "ClusterRole"):
+        labels = role["metadata"].get("labels") or {}
+        if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
+            for rule in role["rules"]:
+                assert "clusteroauthproviders" not in rule["resources"], role["metadata"]["name"]

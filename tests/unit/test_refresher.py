@@ -80,6 +80,8 @@ class FakeKube:
         self.workload_patches: list[tuple[str, str, dict[str, str]]] = []
         # The workloads' own annotations (their owners' opt-ins), by (namespace, kind, name).
         self.workload_opt_ins: dict[tuple[str, str, str], dict[str, str]] = {}
+        # Cluster-scoped custom objects (ClusterOAuthProviders) by (plural, name).
+        self.cluster_objects: dict[tuple[str, str], dict[str, Any]] = {}
         # ServiceAccounts by (namespace, name); tokens minted as (namespace, name, audience)
         self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
         self.minted: list[tuple[str, str, str]] = []
@@ -132,6 +134,13 @@ class FakeKube:
     ) -> dict[str, str] | None:
         found = self.workloads.get((namespace, kind, name))
         return dict(found) if found is not None else None
+
+    async def get_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        assert namespace is None
+        found = self.cluster_objects.get((plural, name))
+        return copy.deepcopy(found) if found is not None else None
 
     async def get_workload_annotations(
         self, namespace: str, kind: str, name: str
