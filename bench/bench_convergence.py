@@ -441,6 +441,8 @@ class Operator:
             "--namespace",
             NAMESPACE,
             "--allow-http",
+            "--tenancy",
+            "single",  # inline endpoints, Secrets without an opt-in
             "--concurrency",
             str(concurrency),
             "--metrics-port",

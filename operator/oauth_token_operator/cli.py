@@ -21,6 +21,7 @@ from .config import Peering, Settings
 from .logs import configure_logging
 from .oauth import EndpointPolicy
 from .peering import priority_for
+from .policy import Guard, Tenancy
 from .spec import SpecError, parse_duration
 
 T = TypeVar("T")
@@ -157,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch this namespace (repeatable; default: all)",
     )
     _add_endpoint_options(run)
+    run.add_argument(
+        "--tenancy",
+        type=_typed("TENANCY", _one_of(*(t.value for t in Tenancy))),
+        default=_env("TENANCY", Guard.tenancy.value),
+        help="shared (default): OAuthClient authors are not trusted with their namespace's "
+        "Secrets and ServiceAccounts (Secrets and ServiceAccounts opt in, inline endpoints "
+        "must be --trusted-endpoints); single: every author is trusted (README: Threat model)",
+    )
+    run.add_argument(
+        "--trusted-endpoints",
+        type=_csv,
+        default=_csv(_env("TRUSTED_ENDPOINTS")),
+        help="comma-separated issuer or token endpoint URLs that OAuthClients may name "
+        "inline in shared tenancy (default: none)",
+    )
     run.add_argument(
         "--concurrency",
         type=_typed("CONCURRENCY", _positive_int),
@@ -298,6 +314,7 @@ def run_operator(args: argparse.Namespace) -> int:
     settings = Settings(
         namespaces=namespaces,
         endpoint_policy=EndpointPolicy(args.allow_http, frozenset(args.allowed_hosts)),
+        guard=Guard(Tenancy(args.tenancy), frozenset(args.trusted_endpoints)),
         concurrency=args.concurrency,
         propagation_margin=args.propagation_margin,
         drain_timeout=args.drain_timeout,
@@ -308,13 +325,22 @@ def run_operator(args: argparse.Namespace) -> int:
     if args.metrics_port:
         serve_metrics(args.listen_address, args.metrics_port)
     logging.getLogger(__name__).info(
-        "starting: namespaces=%s selector=%s allow_http=%s allowed_hosts=%s concurrency=%d",
+        "starting: namespaces=%s selector=%s tenancy=%s trusted_endpoints=%s allow_http=%s "
+        "allowed_hosts=%s concurrency=%d",
         list(namespaces) or "all",
         args.selector or "none",
+        args.tenancy,
+        args.trusted_endpoints or "none",
         args.allow_http,
         args.allowed_hosts or "any",
         args.concurrency,
     )
+    if args.tenancy == Tenancy.SHARED and not args.trusted_endpoints:
+        logging.getLogger(__name__).warning(
+            "shared tenancy with no --trusted-endpoints: every OAuthClient with an inline "
+            "issuer or token endpoint is refused (EndpointNotTrusted); list the platform's "
+            "endpoints, or run with --tenancy single where every OAuthClient author is trusted"
+        )
     while True:
         # An asyncio.Event, not a threading one: kopf waits for a threading.Event in an
         # executor thread that nothing wakes, and asyncio.run() then waits for it at exit.

@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 
 from .oauth import EndpointPolicy
+from .policy import Guard
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class Peering:
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy)
+    # Tenancy (policy.py): shared by default, where Secrets and ServiceAccounts opt in and
+    # inline endpoints must be trusted ones; single: every OAuthClient author is trusted.
+    guard: Guard = field(default_factory=Guard)
     # A slot is held for a whole run (token request, Secret write, status patch), mostly
     # waiting on I/O: at 100 refreshes/s on a 2-core bench machine 16 slots were full (runs
     # started a median 1 s late), 32 were not (0.01 s; bench/README.md).

@@ -18,6 +18,7 @@ from . import custody, metrics, reasons
 from .keyless import ServiceAccountAssertions
 from .kube import KubeError
 from .oauth import Credentials, OAuthError, Outcome, Token
+from .policy import Guard
 from .ports import ConfigMapAPI, SecretAPI, TokenAPI
 from .secret_bodies import (
     check_output,
@@ -62,12 +63,16 @@ async def read_inputs(
     config_maps: ConfigMapAPI,
     spec: OAuthClientSpec,
     pending_refresh_token: str | None = None,
+    guard: Guard | None = None,
 ) -> Inputs:
     """The credentials Secret, CA bundle and template values. A rotated refresh token still
     pending from an earlier run is persisted first: nothing may use the Secret's older token
     meanwhile. The templates are tried before any exchange: one that cannot render must not
-    cost a token request (or a refresh token's rotation)."""
+    cost a token request (or a refresh token's rotation). `guard` (the operator's tenancy):
+    every Secret whose values are sent, or written back, must have opted in first."""
     ns, name = spec.key.namespace, spec.credentials.secret_name
+    check = _Checks(spec, guard)
+    check.endpoint()
     # No credentials Secret with spec.clientId: nothing to read.
     secret = await api.get_secret(ns, name) if name else {}
     if secret is None:
@@ -76,8 +81,8 @@ async def read_inputs(
             reasons.CREDENTIALS_NOT_FOUND,
             f"credentials Secret {name} not found in {ns}",
         )
-    if pending_refresh_token is not None:
-        secret = await custody.persist(api, spec, secret, pending_refresh_token)
+    if name:
+        check.secret(secret, name, "the client credentials")
     tls_secret = None
     if spec.client_certificate:
         tls_secret = await api.get_secret(ns, spec.client_certificate)
@@ -87,10 +92,19 @@ async def read_inputs(
                 reasons.CREDENTIALS_NOT_FOUND,
                 f"client certificate Secret {spec.client_certificate} not found in {ns}",
             )
+        check.secret(tls_secret, spec.client_certificate, "the client certificate")
+    subject_secret = None
+    if spec.subject_secret:
+        subject_secret = await api.get_secret(ns, spec.subject_secret[0])
+        if subject_secret is not None:
+            check.secret(subject_secret, spec.subject_secret[0], "the subject token")
+    # Every Secret that is used has opted in: now a pending refresh token may be written back.
+    if pending_refresh_token is not None:
+        secret = await custody.persist(api, spec, secret, pending_refresh_token)
     creds = credentials_from(spec, secret, tls_secret)
     if spec.subject_secret:
         subject_name, subject_key = spec.subject_secret
-        subject = decode_data(await api.get_secret(ns, subject_name)).get(subject_key, "").strip()
+        subject = decode_data(subject_secret).get(subject_key, "").strip()
         if not subject:
             raise OAuthError(
                 Outcome.TRANSIENT,  # watched: a new subject token triggers a run
@@ -117,6 +131,25 @@ async def read_inputs(
         values = template_values(spec, config_map)
     check_output(spec, values)
     return Inputs(secret, creds, ca_pem, values, tls_secret)
+
+
+@dataclass(frozen=True)
+class _Checks:
+    spec: OAuthClientSpec
+    guard: Guard | None
+
+    def endpoint(self) -> None:
+        endpoint = self.spec.request.endpoint
+        destination = endpoint.issuer or endpoint.token_endpoint or ""
+        if endpoint.provider:
+            return  # the platform's own provider (providers.resolve checked the namespace)
+        if self.guard and (refusal := self.guard.endpoint_refusal(destination)):
+            raise OAuthError(Outcome.NEEDS_HUMAN, reasons.ENDPOINT_NOT_TRUSTED, refusal)
+
+    def secret(self, body: dict[str, Any], name: str, what: str) -> None:
+        client = self.spec.key.name
+        if self.guard and (refusal := self.guard.secret_refusal(body, name, client, what)):
+            raise OAuthError(Outcome.NEEDS_HUMAN, reasons.SECRET_NOT_OPTED_IN, refusal)
 
 
 async def uncancellable(work: Coroutine[Any, Any, _T]) -> _T:
@@ -181,10 +214,10 @@ class Exchanger:
     async def _call(self, spec: OAuthClientSpec, creds: Credentials, ca_pem: str | None) -> Token:
         # ServiceAccount tokens are minted for this request only and dropped with `creds`.
         if spec.service_account_token is not None:
-            assertion = await self._mint(spec.key.namespace, spec.service_account_token)
+            assertion = await self._mint(spec, spec.service_account_token)
             creds = replace(creds, client_assertion=assertion)
         if spec.subject_service_account is not None:
-            subject = await self._mint(spec.key.namespace, spec.subject_service_account)
+            subject = await self._mint(spec, spec.subject_service_account)
             creds = replace(creds, subject_token=subject)
         started = time.monotonic()
         try:
@@ -202,14 +235,16 @@ class Exchanger:
         metrics.EXCHANGES.labels("success").inc()
         return token
 
-    async def _mint(self, namespace: str, wanted: ServiceAccountToken) -> str:
+    async def _mint(self, spec: OAuthClientSpec, wanted: ServiceAccountToken) -> str:
         if self.assertions is None:
             raise OAuthError(
                 Outcome.NEEDS_HUMAN,
                 reasons.SERVICE_ACCOUNT_TOKEN_FAILED,
                 "this command cannot mint ServiceAccount tokens",
             )
-        return await self.assertions.mint(namespace, wanted)
+        endpoint = spec.request.endpoint
+        destination = endpoint.issuer or endpoint.token_endpoint or ""
+        return await self.assertions.mint(spec.key.namespace, wanted, destination)
 
     async def _refresh(self, spec: OAuthClientSpec, inputs: Inputs) -> Exchanged:
         secret, abandoned = await custody.take_claim(

@@ -7,7 +7,9 @@ Whoever may create an OAuthClient must not gain more than they could already do,
 is minted only when
 - the ServiceAccount is in the OAuthClient's own namespace (the spec names no namespace),
 - the ServiceAccount opts in: its annotation `oauth-token-operator.dev/token-audiences`
-  lists the audience (its owner says which provider may receive its tokens),
+  lists the audience, and its annotation `oauth-token-operator.dev/token-endpoints` (required
+  in shared tenancy, honoured in both) lists the OAuthClient's issuer or token endpoint: its
+  owner says where its tokens may be sent, not only for whom,
 - the audience is not one the kube-apiserver accepts: never a well-known Kubernetes audience
   (spec.parse refuses those) or the cluster's ServiceAccount issuer (checked before
   minting), and never an audience for which the apiserver authenticates the minted token (a
@@ -23,8 +25,13 @@ from typing import Any
 from . import reasons
 from .kube import KubeError
 from .oauth import OAuthError, Outcome
+from .policy import (
+    SERVICE_ACCOUNT_AUDIENCES_ANNOTATION,
+    Tenancy,
+    service_account_endpoint_refusal,
+)
 from .ports import ServiceAccountAPI
-from .spec import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION, ServiceAccountToken
+from .spec import ServiceAccountToken
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +43,16 @@ def opted_in_audiences(service_account: dict[str, Any]) -> frozenset[str]:
 
 
 class ServiceAccountAssertions:
-    def __init__(self, api: ServiceAccountAPI) -> None:
+    def __init__(self, api: ServiceAccountAPI, tenancy: Tenancy = Tenancy.SINGLE) -> None:
         self.api = api
+        self.tenancy = tenancy  # shared: the ServiceAccount must also name the destination
         self._issuer: str | None = None
         # Audiences whose minted token the apiserver did not authenticate: a property of the
         # cluster's configuration, so asked once per process.
         self._not_the_apiservers: set[str] = set()
 
-    async def mint(self, namespace: str, wanted: ServiceAccountToken) -> str:
+    async def mint(self, namespace: str, wanted: ServiceAccountToken, destination: str) -> str:
+        """`destination`: the issuer or token endpoint the token is for."""
         ns, name, audience = namespace, wanted.name, wanted.audience
         try:
             account = await self.api.get_service_account(ns, name)
@@ -61,6 +70,9 @@ class ServiceAccountAssertions:
                     f"{audience!r}: its annotation {SERVICE_ACCOUNT_AUDIENCES_ANNOTATION} must "
                     "list it (comma-separated)",
                 )
+            refusal = service_account_endpoint_refusal(account, name, destination, self.tenancy)
+            if refusal:
+                raise OAuthError(Outcome.TRANSIENT, reasons.SERVICE_ACCOUNT_NOT_OPTED_IN, refusal)
             await self._refuse_known_apiserver_audience(audience)
             token = await self.api.create_service_account_token(
                 ns, name, audience, wanted.expiration_seconds

@@ -251,6 +251,12 @@ class Kube:
         template = (body.get("spec") or {}).get("template") or {}
         return dict((template.get("metadata") or {}).get("annotations") or {})
 
+    async def get_workload_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        body = await _read_or_none(self._workload_call("read", kind), namespace, name)
+        return None if body is None else dict((body.get("metadata") or {}).get("annotations") or {})
+
     async def patch_pod_template_annotations(
         self, namespace: str, kind: str, name: str, annotations: dict[str, str]
     ) -> bool:
@@ -273,7 +279,7 @@ class Kube:
         return True
 
     async def get_object(
-        self, group: str, version: str, plural: str, namespace: str, name: str
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = await _json(

@@ -704,8 +704,8 @@ class TokenClient:
     ) -> Token:
         mutual_tls = bool(creds.client_certificate)
         url = await self.token_endpoint(request, ca_pem, mutual_tls)
-        if (mutual_tls or creds.client_assertion) and not url.startswith("https://"):
-            what = "a client certificate" if mutual_tls else "a ServiceAccount token"
+        if (mutual_tls or creds.client_assertion or creds.subject_token) and url[:8] != "https://":
+            what = "a client certificate" if mutual_tls else "a ServiceAccount or subject token"
             raise OAuthError(
                 Outcome.NEEDS_HUMAN,
                 reasons.ENDPOINT_NOT_ALLOWED,

@@ -55,11 +55,25 @@ class WorkloadAPI(Protocol):
         self, namespace: str, kind: str, name: str
     ) -> dict[str, str] | None: ...
 
+    async def get_workload_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        """The workload's own annotations (its owner's opt-ins); None: it does not exist."""
+        ...
+
     async def patch_pod_template_annotations(
         self, namespace: str, kind: str, name: str, annotations: dict[str, str]
     ) -> bool:
         """False: the workload does not exist."""
         ...
+
+
+class ProviderAPI(Protocol):
+    """Custom objects (namespace None: cluster-scoped), e.g. ClusterOAuthProviders."""
+
+    async def get_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None: ...
 
 
 class ServiceAccountAPI(Protocol):
@@ -90,7 +104,9 @@ class StatusAPI(Protocol):
     ) -> None: ...
 
 
-class KubeAPI(SecretAPI, ConfigMapAPI, WorkloadAPI, ServiceAccountAPI, StatusAPI, Protocol):
+class KubeAPI(
+    SecretAPI, ConfigMapAPI, WorkloadAPI, ServiceAccountAPI, StatusAPI, ProviderAPI, Protocol
+):
     """Everything a run of the operator calls."""
 
 

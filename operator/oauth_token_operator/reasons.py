@@ -19,11 +19,21 @@ TLS_VERIFICATION_FAILED = "TLSVerificationFailed"  # the provider's certificate 
 TOKEN_TOO_SHORT_LIVED = "TokenTooShortLived"
 TEMPLATE_FAILED = "TemplateFailed"  # an output template names a missing value, or too much
 # clientAuthentication service_account_token: the ServiceAccount is missing, has not opted in
-# to the audience, or the audience is one the kube-apiserver accepts.
+# to the audience (or, token-endpoints annotation, to the endpoint), or the audience is one
+# the kube-apiserver accepts.
 SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 SERVICE_ACCOUNT_NOT_OPTED_IN = "ServiceAccountNotOptedIn"
 AUDIENCE_NOT_ALLOWED = "AudienceNotAllowed"
 SERVICE_ACCOUNT_TOKEN_FAILED = "ServiceAccountTokenFailed"  # TokenRequest refused or failed
+# Shared tenancy (policy.py): a Secret whose values the client would send (credentials, client
+# certificate, subject token) does not list it in its allowed-clients annotation; an inline
+# issuer or token endpoint is not one the operator trusts (--trusted-endpoints).
+SECRET_NOT_OPTED_IN = "SecretNotOptedIn"
+ENDPOINT_NOT_TRUSTED = "EndpointNotTrusted"
+# spec.providerRef: the ClusterOAuthProvider is missing (or names no usable endpoint), or
+# does not list the client's namespace.
+PROVIDER_NOT_FOUND = "ProviderNotFound"
+PROVIDER_NOT_ALLOWED = "ProviderNotAllowed"
 
 # The provider's answers (RFC 6749 5.2 error codes and HTTP failures).
 INVALID_CLIENT = "InvalidClient"
@@ -56,3 +66,5 @@ SECRET_RESTORED = "SecretRestored"
 ROLLOUT_RESTARTED = "RolloutRestarted"
 ROLLOUT_TARGET_NOT_FOUND = "RolloutTargetNotFound"
 ROLLOUT_FAILED = "RolloutRestartFailed"
+# Shared tenancy: the workload's allowed-clients annotation does not name the client.
+ROLLOUT_TARGET_NOT_OPTED_IN = "RolloutTargetNotOptedIn"

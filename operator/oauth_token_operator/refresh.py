@@ -61,11 +61,11 @@ class Refresher:
         # watch before kopf brings the client, a restart reads none of them again.
         self.secrets = CachedSecrets(kube, self._tracked, keep_labelled=not settings.selector)
         holder = holder or Holder(settings.identity)
-        assertions = ServiceAccountAssertions(kube)
+        assertions = ServiceAccountAssertions(kube, settings.guard.tenancy)
         self.exchanger = Exchanger(self.secrets, tokens, holder, clock, assertions)
-        self.rollouts = Restarter(kube, kube)
+        self.rollouts = Restarter(kube, kube, tenancy=settings.guard.tenancy)
         self.runner = Runner(
-            self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts
+            self.secrets, kube, kube, self.exchanger, settings, clock, rng, self.rollouts, kube
         )
         self.scheduler = schedule.Scheduler(
             self._run, settings.concurrency, clock, metrics.RUN_START_DELAY_SECONDS.observe

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from . import reasons
 from .kube import KubeError
+from .policy import ALLOWED_CLIENTS_ANNOTATION, Tenancy, secret_use_refusal
 from .ports import StatusAPI, WorkloadAPI
 from .spec import API_GROUP, OAuthClientSpec, ObjectKey, RolloutTarget
 
@@ -59,8 +60,11 @@ class Restarter:
         status_api: StatusAPI,
         gather: float = GATHER_SECONDS,
         min_interval: float = MIN_INTERVAL,
+        tenancy: Tenancy = Tenancy.SINGLE,
     ) -> None:
         self.api = api
+        # Shared: a workload is restarted only for the clients its allowed-clients names.
+        self.tenancy = tenancy
         self.status_api = status_api
         self.gather = gather
         self.min_interval = min_interval
@@ -139,6 +143,8 @@ class Restarter:
             return
         namespace, kind, name = workload
         self._last[workload] = self._now()
+        if self.tenancy is Tenancy.SHARED and not await self._opted_in(workload, pending):
+            return
         try:
             found = await self.api.patch_pod_template_annotations(
                 namespace, kind, name, pending.annotations
@@ -158,6 +164,35 @@ class Restarter:
             await self.status_api.post_event(
                 key, uid, "Normal", reasons.ROLLOUT_RESTARTED, f"restarted {kind} {name}"
             )
+
+    async def _opted_in(self, workload: Workload, pending: _Pending) -> bool:
+        """Drops the requests of clients the workload did not name (a Warning Event each);
+        False when none is left, or the workload could not be read."""
+        namespace, kind, name = workload
+        try:
+            annotations = await self.api.get_workload_annotations(namespace, kind, name)
+        except KubeError as exc:
+            for key, uid in pending.requesters.items():
+                await self._failed(key, uid, workload, exc)
+            return False
+        for key, uid in list(pending.requesters.items()):
+            if annotations is None:
+                await self._missing(key, uid, workload)
+                continue
+            body = {"metadata": {"annotations": annotations}}
+            refusal = secret_use_refusal(body, f"{kind} {name}", key.name, self.tenancy, "")
+            if refusal:
+                del pending.requesters[key]
+                pending.annotations.pop(annotation_key(key.name), None)
+                message = (
+                    f"{kind} {name} is not restarted: its annotation {ALLOWED_CLIENTS_ANNOTATION} "
+                    f"does not name OAuthClient {key.name} (shared tenancy)"
+                )
+                log.warning("%s: %s", key, message)
+                await self.status_api.post_event(
+                    key, uid, "Warning", reasons.ROLLOUT_TARGET_NOT_OPTED_IN, message
+                )
+        return annotations is not None and bool(pending.requesters)
 
     async def _missing(self, key: ObjectKey, uid: str, workload: Workload) -> None:
         _, kind, name = workload

@@ -20,7 +20,8 @@ from .custody import ClaimHeld
 from .exchange import Exchanger, Inputs, read_inputs
 from .kube import KubeError
 from .oauth import OAuthError, Outcome, Token
-from .ports import ConfigMapAPI, SecretAPI, StatusAPI
+from .ports import ConfigMapAPI, ProviderAPI, SecretAPI, StatusAPI
+from .providers import resolve
 from .report import Reporter
 from .rollout import Restarter
 from .secret_bodies import (
@@ -92,8 +93,10 @@ class Runner:
         clock: Callable[[], float],
         rng: random.Random,
         rollouts: Restarter,
+        providers: ProviderAPI | None = None,
     ) -> None:
         self.kube = secrets
+        self.providers = providers
         self.rollouts = rollouts
         self.config_maps = config_maps
         self.exchanger = exchanger
@@ -104,6 +107,10 @@ class Runner:
 
     async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
         """One pass; returns when to run next."""
+        try:
+            spec = await resolve(self.providers, spec)
+        except (OAuthError, KubeError) as exc:
+            return await self._unresolved(spec, state, exc)
         try:
             output, gathered, inputs = await self._gather(spec, state)
         except KubeError as exc:
@@ -159,6 +166,21 @@ class Runner:
             return floor
         return await self._exchange(spec, state, inputs, recorded, output)
 
+    async def _unresolved(
+        self, spec: OAuthClientSpec, state: ClientState, exc: OAuthError | KubeError
+    ) -> float:
+        """spec.providerRef cannot be used: the token in place (if any) stays until expiry."""
+        if isinstance(exc, KubeError):
+            exc = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+        try:
+            output = await self.kube.get_secret(spec.key.namespace, spec.output.name)
+        except KubeError:
+            output = None
+        recorded = None
+        if output is not None and owned_by(output, spec.uid):
+            recorded = recorded_token(output, spec.output.access_token_key)
+        return await self._failed(spec, state, recorded, exc, output is not None)
+
     async def _gather(
         self, spec: OAuthClientSpec, state: ClientState
     ) -> tuple[dict[str, Any] | None, decide.Gathered, Inputs | None]:
@@ -182,7 +204,11 @@ class Runner:
         recorded = recorded_token(output, spec.output.access_token_key) if output else None
         try:
             inputs = await read_inputs(
-                self.kube, self.config_maps, spec, state.unpersisted_refresh_token
+                self.kube,
+                self.config_maps,
+                spec,
+                state.unpersisted_refresh_token,
+                self.settings.guard,
             )
         except OAuthError as exc:
             # Whatever is wrong (missing, wrong keys, a bad CA bundle), any change of a

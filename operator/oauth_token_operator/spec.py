@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from .policy import (
+    KUBERNETES_AUDIENCES,
+    SERVICE_ACCOUNT_TOKEN_SECONDS,
+    minting_output_refusal,
+)
 from .templates import TemplateError, compile_template
 
 API_GROUP = "oauth-token-operator.dev"
@@ -57,23 +62,6 @@ _SECRET_KEY = re.compile(r"^(?!\.\.)(?!\.$)[-._a-zA-Z0-9]{1,253}$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A provider's token that lives shorter than this cannot be refreshed before it expires.
 MIN_DEFAULT_LIFETIME = 60.0
-# The ServiceAccount annotation that opts in: the audiences (comma-separated) for which the
-# operator may mint the ServiceAccount's tokens.
-SERVICE_ACCOUNT_AUDIENCES_ANNOTATION = f"{API_GROUP}/token-audiences"
-# Audiences a kube-apiserver accepts in common setups: never minted (the issuer and the
-# apiserver's own audiences are checked at run time too).
-KUBERNETES_AUDIENCES = frozenset(
-    {
-        "https://kubernetes.default.svc",
-        "https://kubernetes.default.svc.cluster.local",
-        "https://kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes",
-        "api",
-    }
-)
-# TokenRequest's floor; Keycloak and most providers refuse assertions living over an hour.
-SERVICE_ACCOUNT_TOKEN_SECONDS = (600, 3600)
 
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -190,10 +178,12 @@ class RefreshPolicy:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where to find the token endpoint: by discovery from an issuer, or given directly."""
+    """Where to find the token endpoint: by discovery from an issuer, or given directly, or
+    (provider) the name of a ClusterOAuthProvider, resolved into one of those by providers.py."""
 
     issuer: str | None = None
     token_endpoint: str | None = None
+    provider: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,9 +308,11 @@ def _enum(cls: type[_E], value: Any, path: str) -> _E:
 
 
 def _endpoint(spec: dict[str, Any]) -> Endpoint:
-    issuer, token_endpoint = spec.get("issuer"), spec.get("tokenEndpoint")
-    if bool(issuer) == bool(token_endpoint):
-        raise SpecError("set exactly one of spec.issuer (OpenID discovery) or spec.tokenEndpoint")
+    issuer, token_endpoint, ref = (spec.get(k) for k in ("issuer", "tokenEndpoint", "providerRef"))
+    if [bool(issuer), bool(token_endpoint), bool(ref)].count(True) != 1:
+        raise SpecError("set exactly one of spec.issuer, spec.tokenEndpoint or spec.providerRef")
+    if isinstance(ref, dict):
+        return Endpoint(provider=_str(ref, "name", "", "spec.providerRef") or None)
     for name, url in (("issuer", issuer), ("tokenEndpoint", token_endpoint)):
         if url is not None and (
             not isinstance(url, str) or not url.startswith(("https://", "http://"))
@@ -552,6 +544,8 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
             "different keys (one would overwrite another)"
         )
     _check_templates(output)
+    if refusal := minting_output_refusal(output.type, output.labels, output.annotations):
+        raise SpecError(refusal)
 
     tls = spec.get("tls") or {}
     certificate_ref = tls.get("clientCertificateSecretRef") or {}
@@ -566,11 +560,11 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
     service_account_token = _service_account_token(spec.get("serviceAccountToken"), auth)
     exchange = _token_exchange(spec.get("tokenExchange"), grant)
     endpoint = _endpoint(spec)
-    if (service_account_token or exchange.service_account) and not (
-        endpoint.issuer or endpoint.token_endpoint or ""
+    if (service_account_token or exchange.service_account or exchange.secret) and not (
+        endpoint.issuer or endpoint.token_endpoint or "https://"  # a provider's: checked later
     ).startswith("https://"):
         raise SpecError(
-            "a ServiceAccount token is a Kubernetes identity: the "
+            "a ServiceAccount token or a subject token is a credential: the "
             "issuer or tokenEndpoint must be https"
         )
     ca = tls.get("caBundleSecretRef")

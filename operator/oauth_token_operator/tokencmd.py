@@ -19,6 +19,7 @@ from .exchange import Exchanger, read_inputs
 from .keyless import ServiceAccountAssertions
 from .kube import Kube, default_namespace
 from .oauth import EndpointPolicy, OAuthError, TokenClient, jwt_claims
+from .providers import resolve
 from .rescue import keep_refresh_token
 from .spec import API_GROUP, API_VERSION, PLURAL, OAuthClientSpec, SpecError, parse
 from .wire import rfc3339
@@ -59,7 +60,7 @@ async def run(args: argparse.Namespace) -> int:
         if body is None:
             print(f"error: OAuthClient {args.namespace}/{args.name} not found", file=sys.stderr)
             return 1
-        spec = parse(body)
+        spec = await resolve(kube, parse(body))  # spec.providerRef: the provider's endpoint
         # The operator's own path: the same inputs, the same refresh claim, the same custody
         # of a rotated refresh token.
         exchanger = Exchanger(

@@ -139,6 +139,8 @@ def release(node_cluster: tuple[ControlPlane, Node], operator_image: str) -> Ite
         f"metrics.port={_free_port()}",
         "propagationMargin=20s",
         "rolloutTargets.enabled=true",
+        # The node's clients use inline endpoints and Secrets that did not opt in.
+        "tenancy=single",
         "logLevel=debug",
         "logFormat=plain",
         "extraEnv[0].name=KUBERNETES_SERVICE_HOST",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.idp import IdentityProvider
 from tests.support.operator_process import OperatorProcess
@@ -38,18 +38,21 @@ def short_lived_idp(test_ca: TestCA) -> Iterator[IdentityProvider]:
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
+PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> None:
-    """The OAuthClient CRD from crds/, installed and established."""
-    control_plane.kubectl("apply", "-f", str(CRD))
-    control_plane.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/oauthclients.oauth-token-operator.dev",
-    )
+    """The CRDs from crds/ (OAuthClient, ClusterOAuthProvider), installed and established."""
+    for path in (CRD, PROVIDER_CRD):
+        control_plane.kubectl("apply", "-f", str(path))
+    for name in ("oauthclients", "clusteroauthproviders"):
+        # Retried: a wait right after the apply can find no conditions yet, and fail.
+        def established(crd: str = f"crd/{name}.oauth-token-operator.dev") -> bool:
+            wait = ("wait", "--for=condition=Established", "--timeout=60s", crd)
+            return control_plane.kubectl(*wait, check=False).returncode == 0
+
+        eventually(established, timeout=60, what=f"the {name} CRD established")
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "oauth-token-operator"
 CRD_NAME = "oauthclients.oauth-token-operator.dev"
 OAUTHCLIENTS = "oauthclients.oauth-token-operator.dev"
+PROVIDERS = "clusteroauthproviders.oauth-token-operator.dev"
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def test_install_creates_crd_and_objects(
     # The CRD from the chart's crds/ directory is served: the API knows the kind.
     cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
     resources = cp.kubectl("api-resources", "--api-group=oauth-token-operator.dev", "-o=name")
-    assert resources.stdout.split() == [OAUTHCLIENTS]
+    assert resources.stdout.split() == [PROVIDERS, OAUTHCLIENTS]
     for kind in ("deployment", "serviceaccount", "service"):
         name = f"{r.fullname}-metrics" if kind == "service" else r.fullname
         cp.kubectl("get", kind, name, f"--namespace={r.namespace}")
@@ -204,6 +205,7 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_does(
         "events.events.k8s.io": {"create", "patch"},
         "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
         "configmaps": {"get"},
+        PROVIDERS: {"get"},  # spec.providerRef: the platform's ClusterOAuthProviders
     }
 
 

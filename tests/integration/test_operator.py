@@ -292,7 +292,8 @@ def test_credentials_cannot_come_from_another_namespace(
     [
         (
             {"tokenEndpoint": "https://example.test/token"},
-            "set exactly one of spec.issuer (OpenID discovery) or spec.tokenEndpoint",
+            "set exactly one of spec.issuer (OpenID discovery), spec.tokenEndpoint or "
+            "spec.providerRef",
         ),
         (
             {"clientAuthentication": "none"},

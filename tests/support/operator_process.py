@@ -20,11 +20,18 @@ class OperatorProcess(Service):
         namespace: str,
         log_path: Path,
         extra_args: tuple[str, ...] = (),
+        tenancy: str | None = "single",
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`tenancy`: the --tenancy flag. Most tests use inline endpoints and Secrets that
+        never opted in, as single-tenant clusters do; None runs with the operator's default
+        (shared), as the trust-boundary tests must."""
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log_path = log_path
         self.extra_args = extra_args
+        self.tenancy = tenancy
+        self.env = env or {}
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -41,9 +48,12 @@ class OperatorProcess(Service):
             "0",
             "--metrics-port",
             "0",
+            *(("--tenancy", self.tenancy) if self.tenancy else ()),
             *self.extra_args,
         ]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env.pop("OAUTH_TOKEN_OPERATOR_TENANCY", None)
+        env.update(self.env)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

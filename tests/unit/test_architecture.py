@@ -19,6 +19,7 @@ PURE = (
     "templates",
     "decide",
     "schedule",
+    "policy",
 )
 IO_MODULES = {"kube", "kubernetes_asyncio", "httpx", "kopf", "aiohttp"}
 

@@ -23,6 +23,7 @@ from oauth_token_operator.custody import (
     claim_status,
 )
 from oauth_token_operator.oauth import Credentials, OAuthError, Outcome, Token
+from oauth_token_operator.policy import SINGLE_TENANT
 from oauth_token_operator.refresh import Refresher
 from oauth_token_operator.schedule import MIN_EXCHANGE_INTERVAL
 from oauth_token_operator.spec import ObjectKey, TokenRequest
@@ -118,7 +119,9 @@ def shared_world() -> Shared:
         },
     )
     tokens = RotatingProvider(clock)
-    refresher = Refresher(kube, tokens, Settings(concurrency=8), clock=clock, holder=ME)
+    refresher = Refresher(
+        kube, tokens, Settings(guard=SINGLE_TENANT, concurrency=8), clock=clock, holder=ME
+    )
     return Shared(kube, tokens, refresher, clock)
 
 

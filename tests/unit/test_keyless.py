@@ -10,12 +10,8 @@ import pytest
 
 from oauth_token_operator import reasons
 from oauth_token_operator.oauth import Credentials, build_form
-from oauth_token_operator.spec import (
-    ACCESS_TOKEN_TYPE,
-    SERVICE_ACCOUNT_AUDIENCES_ANNOTATION,
-    SpecError,
-    parse,
-)
+from oauth_token_operator.policy import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION
+from oauth_token_operator.spec import ACCESS_TOKEN_TYPE, SpecError, parse
 from tests.unit.test_refresher import KEY, NS, OUTPUT_SECRET, World, client_body
 
 AUDIENCE = "https://idp.example.com/realms/apps"

@@ -24,6 +24,7 @@ from tests.support.cached_build import BUILD_TIMEOUT
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "oauth-token-operator"
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
+PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
 
 # The first test to need helm may compile it.
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
@@ -93,22 +94,25 @@ def grants(role: Manifest, group: str, resource: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "copy",
+    ("copy", "source"),
     [
-        CHART / "crds" / CRD.name,
-        REPO / "deploy" / "crd.yaml",
+        (CHART / "crds" / CRD.name, CRD),
+        (REPO / "deploy" / "crd.yaml", CRD),
+        (CHART / "crds" / PROVIDER_CRD.name, PROVIDER_CRD),
+        (REPO / "deploy" / "crd-providers.yaml", PROVIDER_CRD),
     ],
-    ids=["chart", "deploy"],
+    ids=["chart", "deploy", "chart-providers", "deploy-providers"],
 )
-def test_crd_copy_is_identical_to_source(copy: Path) -> None:
-    assert copy.read_bytes() == CRD.read_bytes(), (
-        f"{copy.relative_to(REPO)} differs from {CRD.relative_to(REPO)}: run charts/sync-crd.sh"
+def test_crd_copy_is_identical_to_source(copy: Path, source: Path) -> None:
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"{copy.relative_to(REPO)} differs from {source.relative_to(REPO)}: run charts/sync-crd.sh"
     )
 
 
-def test_chart_holds_only_the_oauthclient_crd() -> None:
+def test_chart_holds_only_the_operators_crds() -> None:
     # Any other file in crds/ would be installed, unversioned and never upgraded, by helm.
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
+    names = sorted(p.name for p in (CHART / "crds").iterdir())
+    assert names == sorted([CRD.name, PROVIDER_CRD.name])
 
 
 # -- lint and schema --------------------------------------------------------------------
@@ -187,6 +191,7 @@ def test_default_args_and_rollout(helm: Path) -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [
         "run",
+        "--tenancy=shared",
         "--concurrency=32",
         "--propagation-margin=90s",
         "--drain-timeout=25s",
@@ -213,7 +218,8 @@ def test_chart_defaults_are_the_operators(helm: Path) -> None:
     (container,) = only(render(helm), "Deployment")["spec"]["template"]["spec"]["containers"]
     parser = build_parser()
     chart, bare = parser.parse_args(container["args"]), parser.parse_args(["run"])
-    for option in ("concurrency", "propagation_margin", "drain_timeout", "log_level"):
+    options = ("concurrency", "propagation_margin", "drain_timeout", "log_level", "tenancy")
+    for option in (*options, "trusted_endpoints"):
         assert getattr(chart, option) == getattr(bare, option), option
 
 
@@ -223,6 +229,8 @@ def test_args_follow_values(helm: Path) -> None:
         "watchNamespaces={team-a,team-b}",
         "allowHttp=true",
         "allowedHosts={idp.example,login.example}",
+        "tenancy=single",
+        "trustedEndpoints={https://sso.example/realms/a,https://login.example/token}",
         "concurrency=4",
         "propagationMargin=2m",
         "peering.enabled=true",
@@ -240,6 +248,8 @@ def test_args_follow_values(helm: Path) -> None:
         "--namespace=team-b",
         "--allow-http",
         "--allowed-hosts=idp.example,login.example",
+        "--tenancy=single",
+        "--trusted-endpoints=https://sso.example/realms/a,https://login.example/token",
         "--concurrency=4",
         "--propagation-margin=2m",
         "--drain-timeout=40s",
@@ -328,10 +338,14 @@ def test_deploy_manifests_are_the_rendered_chart(helm: Path) -> None:
         "Namespace",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",  # shared tenancy, the default: trusted endpoints only
+        "ValidatingAdmissionPolicyBinding",
     ]
     assert only(manifests, "Namespace")["metadata"]["name"] == "oauth-token-operator"
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     for manifest in manifests:
-        if manifest["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding"}:
+        if manifest["kind"] not in cluster_scoped:
             assert manifest["metadata"]["namespace"] == "oauth-token-operator"
 
 
@@ -357,10 +371,14 @@ def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> N
             "name": roles[0]["metadata"]["name"],
         }
 
-    # What stays cluster-wide is only what kopf's scanning reads.
+    # What stays cluster-wide is only what kopf's scanning reads, and the platform's
+    # providers (cluster-scoped), read one at a time.
     for cluster_role in of_kind(operators(manifests), "ClusterRole"):
         for rule in cluster_role["rules"]:
             assert "secrets" not in rule["resources"], rule
+            if rule["resources"] == ["clusteroauthproviders"]:
+                assert rule["verbs"] == ["get"], rule
+                continue
             assert set(rule["verbs"]) <= {"list", "watch"}, rule
             assert "oauthclients" not in rule["resources"], rule
 
@@ -672,3 +690,63 @@ def test_grafana_dashboard_charts_only_series_the_operator_serves(helm: Path) ->
         for name in re.findall(r"oauth_token_operator_\w+", expr):
             base = re.sub(r"_(bucket|count|sum)$", "", name)
             assert base in served, f"{name} in the dashboard is not a documented metric"
+
+
+def test_the_shared_tenancy_example_values_render(helm: Path) -> None:
+    example = REPO / "examples" / "shared-tenancy-values.yaml"
+    (container,) = only(render(helm, values_file=example), "Deployment")["spec"]["template"][
+        "spec"
+    ]["containers"]
+    assert "--tenancy=shared" in container["args"]
+    trusted = [a for a in container["args"] if a.startswith("--trusted-endpoints=")]
+    assert trusted == [
+        "--trusted-endpoints=https://sso.example.com/realms/apps,"
+        "https://auth.example.com/connect/token"
+    ]
+
+
+@pytest.mark.parametrize("value", ["tenancy=multi", "trustedEndpoints={not-a-url}"])
+def test_schema_rejects_bad_tenancy_values(helm: Path, value: str) -> None:
+    result = run_helm(helm, "template", "x", str(CHART), "--set", value)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "rendered"),
+    [((), True), (("tenancy=single",), False), (("admissionPolicy.enabled=false",), False)],
+)
+def test_the_admission_policy_comes_with_shared_tenancy(
+    helm: Path, values: tuple[str, ...], rendered: bool
+) -> None:
+    manifests = render(helm, *values)
+    assert bool(of_kind(manifests, "ValidatingAdmissionPolicy")) is rendered
+    assert bool(of_kind(manifests, "ValidatingAdmissionPolicyBinding")) is rendered
+
+
+def test_the_admission_policy_follows_the_trusted_endpoints_and_namespaces(helm: Path) -> None:
+    manifests = render(
+        helm, "trustedEndpoints={https://a.example/,https://b.example/token}",
+        "watchNamespaces={team-a,team-b}",
+    )  # fmt: skip
+    policy = only(manifests, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["trusted"]) == ["https://a.example", "https://b.example/token"]
+    selector = policy["spec"]["matchConstraints"]["namespaceSelector"]["matchExpressions"]
+    assert selector == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    ]
+    binding = only(manifests, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+
+
+def test_tenants_roles_never_gain_providers(helm: Path) -> None:
+    """edit/admin/view aggregation: OAuthClients, never the platform's providers."""
+    for role in of_kind(render(helm), "ClusterRole"):
+        labels = role["metadata"].get("labels") or {}
+        if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
+            for rule in role["rules"]:
+                assert "clusteroauthproviders" not in rule["resources"], role["metadata"]["name"]

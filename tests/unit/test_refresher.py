@@ -26,6 +26,7 @@ from oauth_token_operator.oauth import (
     Token,
     parse_token_response,
 )
+from oauth_token_operator.policy import SINGLE_TENANT
 from oauth_token_operator.refresh import Refresher
 from oauth_token_operator.secret_bodies import RecordedToken, owned_by
 from oauth_token_operator.spec import (
@@ -80,6 +81,10 @@ class FakeKube:
         # (namespace, kind, name) -> pod template annotations; patches as (kind, name, patch)
         self.workloads: dict[tuple[str, str, str], dict[str, str]] = {}
         self.workload_patches: list[tuple[str, str, dict[str, str]]] = []
+        # The workloads' own annotations (their owners' opt-ins), by (namespace, kind, name).
+        self.workload_opt_ins: dict[tuple[str, str, str], dict[str, str]] = {}
+        # Cluster-scoped custom objects (ClusterOAuthProviders) by (plural, name).
+        self.cluster_objects: dict[tuple[str, str], dict[str, Any]] = {}
         # ServiceAccounts by (namespace, name); tokens minted as (namespace, name, audience)
         self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
         self.minted: list[tuple[str, str, str]] = []
@@ -138,6 +143,21 @@ class FakeKube:
     ) -> dict[str, str] | None:
         found = self.workloads.get((namespace, kind, name))
         return dict(found) if found is not None else None
+
+    async def get_object(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        assert namespace is None
+        found = self.cluster_objects.get((plural, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    async def get_workload_annotations(
+        self, namespace: str, kind: str, name: str
+    ) -> dict[str, str] | None:
+        found = self.workload_opt_ins.get((namespace, kind, name))
+        if found is None and (namespace, kind, name) not in self.workloads:
+            return None
+        return dict(found or {})
 
     async def patch_pod_template_annotations(
         self, namespace: str, kind: str, name: str, annotations: dict[str, str]
@@ -278,7 +298,7 @@ class World:
         return Refresher(
             self.kube,
             self.tokens,
-            Settings(concurrency=4, propagation_margin=90.0),
+            Settings(guard=SINGLE_TENANT, concurrency=4, propagation_margin=90.0),
             clock=self.clock,
         )
 
@@ -397,7 +417,7 @@ async def test_restart_reads_the_output_secret_the_watch_listed_before_the_clien
     world.refresher = Refresher(
         world.kube,
         world.tokens,
-        Settings(concurrency=4, propagation_margin=90.0, selector=selector),
+        Settings(guard=SINGLE_TENANT, concurrency=4, propagation_margin=90.0, selector=selector),
         clock=world.clock,
     )
     for name in (OUTPUT_SECRET, CREDS_SECRET):
@@ -834,7 +854,7 @@ async def test_restart_keeps_the_recorded_refresh_time_so_status_stays_true() ->
         world.refresher = Refresher(
             world.kube,
             world.tokens,
-            Settings(concurrency=4, propagation_margin=90.0),
+            Settings(guard=SINGLE_TENANT, concurrency=4, propagation_margin=90.0),
             clock=world.clock,
             rng=Random(seed),
         )

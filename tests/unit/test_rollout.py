@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import copy
 
+import pytest
+
 from oauth_token_operator import reasons
 from oauth_token_operator.kube import KubeError
+from oauth_token_operator.policy import ALLOWED_CLIENTS_ANNOTATION, Tenancy
 from oauth_token_operator.rollout import annotation_key, token_hash
 from oauth_token_operator.spec import ObjectKey
 from tests.unit.test_refresher import KEY, NAME, NS, World
@@ -134,3 +137,29 @@ async def test_missing_or_forbidden_targets_are_warnings_and_the_token_stays_rea
     assert len(failed) == 1  # a 403 is not retried: a person must grant it
     assert "rolloutTargets.enabled=true" in failed[0][2]
     assert world.kube.ready()["status"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("opt_in", "restarted"),
+    [
+        (None, set()),  # no annotation: nobody restarts it in shared tenancy
+        ({ALLOWED_CLIENTS_ANNOTATION: NAME}, {NAME}),
+        ({ALLOWED_CLIENTS_ANNOTATION: "*"}, {NAME, "sibling"}),
+        ({ALLOWED_CLIENTS_ANNOTATION: "someone-else"}, set()),
+    ],
+)
+async def test_in_shared_tenancy_a_workload_is_restarted_only_for_clients_it_names(
+    opt_in: dict[str, str] | None, restarted: set[str]
+) -> None:
+    world = World()
+    world.refresher.rollouts.tenancy = Tenancy.SHARED
+    fast(world)
+    world.kube.workloads[WEB] = {}
+    if opt_in is not None:
+        world.kube.workload_opt_ins[WEB] = opt_in
+    await start_two_clients(world)
+    await asyncio.sleep(0.2)
+    patched = {k for _, _, patch in world.kube.workload_patches for k in patch}
+    assert patched == {annotation_key(name) for name in restarted}
+    refused = {e for e in world.kube.events if e[1] == reasons.ROLLOUT_TARGET_NOT_OPTED_IN}
+    assert len(refused) == 2 - len(restarted)

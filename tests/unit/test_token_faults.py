@@ -24,6 +24,7 @@ from oauth_token_operator.oauth import (
     TokenClient,
     load_client_certificate,
 )
+from oauth_token_operator.policy import SINGLE_TENANT
 from oauth_token_operator.refresh import Refresher
 from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, ObjectKey, TokenRequest
 from tests.support.pki import TestCA
@@ -509,7 +510,7 @@ async def test_one_slow_provider_cannot_starve_other_clients(idp: FakeIdP) -> No
         },
     )
     tokens = TokenClient(EndpointPolicy(allow_http=True), deadline=1.0)
-    refresher = Refresher(kube, tokens, Settings(concurrency=2))
+    refresher = Refresher(kube, tokens, Settings(guard=SINGLE_TENANT, concurrency=2))
     names = ["slow-1", "slow-2", "slow-3", "slow-4", "fast"]
     for name in names:
         body = client_body(tokenEndpoint=idp.base + ("/fast" if name == "fast" else "/slow"))
