@@ -140,7 +140,9 @@ def resumed_retry(
         return None
     if resumed.next_refresh is None or resumed.next_refresh <= now:
         return None
-    return resumed.next_refresh
+    # Never longer than any retry would wait: a status from a skewed clock (or written by
+    # whoever may patch status) must not park a client for days.
+    return min(resumed.next_refresh, now + schedule.HUMAN_RETRY_CAP)
 
 
 def resumed_plan(

@@ -43,6 +43,14 @@ def refresh_client(name: str, idp: IdentityProvider, credentials: str) -> dict[s
     )
 
 
+def hold_answers_until_one_is_in_flight(idp: IdentityProvider, ms: int) -> None:
+    """From now on the provider holds its token answers back `ms`; returns once a refresh
+    is being held (its answer, a rotated refresh token, still on the way)."""
+    idp.reset_stats()
+    idp.delay_token_answers(ms)
+    eventually(lambda: idp.in_flight() >= 1, timeout=40, interval=0.05, what="a refresh in flight")
+
+
 def operator(control_plane: ControlPlane, cluster: Cluster, log: Path) -> OperatorProcess:
     return OperatorProcess(
         control_plane.kubeconfig_path,
@@ -71,14 +79,7 @@ def test_sigterm_with_refreshes_in_flight_loses_no_grant(
     try:
         for name in names:
             cluster.wait_ready(name)
-        rotating_idp.reset_stats()
-        rotating_idp.delay_token_answers(3000)
-        eventually(
-            lambda: rotating_idp.in_flight() >= 1,
-            timeout=40,
-            interval=0.05,
-            what="a refresh in flight",
-        )
+        hold_answers_until_one_is_in_flight(rotating_idp, 3000)
         assert process.terminate(timeout=60) == 0
         drained = rotating_idp.stats()
         assert "drained" in process.logs()
@@ -117,14 +118,7 @@ def test_an_api_server_down_when_the_rotated_token_arrives_loses_no_grant(
     try:
         cluster.wait_ready("down")
         before = (cluster.secret_data("down-creds") or {}).get("refresh_token")
-        rotating_idp.reset_stats()
-        rotating_idp.delay_token_answers(4000)
-        eventually(
-            lambda: rotating_idp.in_flight() >= 1,
-            timeout=40,
-            interval=0.05,
-            what="a refresh in flight",
-        )
+        hold_answers_until_one_is_in_flight(rotating_idp, 4000)
         control_plane.stop_apiserver()
         try:
             eventually(lambda: rotating_idp.in_flight() == 0, timeout=20, what="the answer sent")

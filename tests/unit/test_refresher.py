@@ -15,7 +15,7 @@ import pytest
 import tenacity
 from prometheus_client import REGISTRY
 
-from oauth_token_operator import decide, reasons, schedule
+from oauth_token_operator import decide, reasons, schedule, status
 from oauth_token_operator.config import Settings
 from oauth_token_operator.custody import CLAIM_ANNOTATION
 from oauth_token_operator.kube import UNREACHABLE, KubeError
@@ -684,6 +684,14 @@ async def test_an_api_server_down_after_the_answer_keeps_the_grant(no_backoff: N
     assert world.kube.data(CREDS_SECRET)["refresh_token"] == "r4"
     assert state.unpersisted_refresh_token is None
     assert world.kube.ready()["status"] == "True"
+
+
+def test_a_recorded_retry_after_a_restart_is_held_no_longer_than_any_retry() -> None:
+    far = status.Resumed(generation=1, failures=3, next_refresh=START + 86400 * 30, expires_at=None)
+    held = decide.resumed_retry(far, 1, force=False, now=START)
+    assert held == START + schedule.HUMAN_RETRY_CAP
+    assert decide.resumed_retry(far, 2, force=False, now=START) is None  # spec changed
+    assert decide.resumed_retry(far, 1, force=True, now=START) is None  # a trigger
 
 
 def test_a_held_refresh_token_is_retried_within_seconds_whatever_the_failure_count() -> None:
