@@ -171,13 +171,13 @@ class Runner:
     ) -> float:
         """spec.providerRef cannot be used: the token in place (if any) stays until expiry."""
         if isinstance(exc, KubeError):
-            exc = OAuthError(Outcome.TRANSIENT, reasons.KUBERNETES_ERROR, str(exc))
+            exc = _api_failure(spec, state, exc)  # a held refresh token stays the news
         try:
             output = await self.kube.get_secret(spec.key.namespace, spec.output.name)
         except KubeError:
             output = None
         recorded = None
-        if output is not None and owned_by(output, spec.uid):
+        if output is not None and ours(output, spec):
             recorded = recorded_token(output, spec.output.access_token_key)
         return await self._failed(spec, state, recorded, exc, output is not None)
 
