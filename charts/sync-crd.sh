@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies the CRDs (OAuthClient, ClusterOAuthProvider) from crds/ (the single source of truth) into the Helm chart and
+# Copies the CRDs (OAuthClient, ClusterOAuthProvider, OAuthProvider) from crds/ (the single source of truth) into the Helm chart and
 # deploy/. Helm only installs CRDs from files inside the chart directory and does not follow
 # symlinks out of it, so these are byte-for-byte copies; tests/unit/test_manifests.py fails
 # when one has drifted. Run this after editing crds/.
@@ -8,4 +8,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cp "$root"/crds/*.yaml "$root/charts/oauth-token-operator/crds/"
 mkdir -p "$root/deploy"
 cp "$root/crds/oauthclients.oauth-token-operator.dev.yaml" "$root/deploy/crd.yaml"
-cp "$root/crds/clusteroauthproviders.oauth-token-operator.dev.yaml" "$root/deploy/crd-providers.yaml"
+{
+  cat "$root/crds/clusteroauthproviders.oauth-token-operator.dev.yaml"
+  echo "---"
+  cat "$root/crds/oauthproviders.oauth-token-operator.dev.yaml"
+} >"$root/deploy/crd-providers.yaml"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from .config import Peering, Settings
+from .config import SERVICE_ACCOUNT_NAMESPACE, Peering, Settings
 from .logs import configure_logging
 from .oauth import EndpointPolicy
 from .peering import priority_for
@@ -25,6 +26,13 @@ from .policy import Guard, Tenancy
 from .spec import SpecError, parse_duration
 
 T = TypeVar("T")
+
+
+def _pod_namespace() -> str | None:
+    """The namespace of the pod this runs in (its ServiceAccount's mount); None outside one."""
+    with contextlib.suppress(OSError), open(SERVICE_ACCOUNT_NAMESPACE) as file:
+        return file.read().strip() or None
+    return None
 
 
 def _env(name: str, default: str = "") -> str:
@@ -156,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="namespaces",
         default=None,
         help="watch this namespace (repeatable; default: all)",
+    )
+    run.add_argument(
+        "--operator-namespace",
+        default=_env("OPERATOR_NAMESPACE") or _pod_namespace(),
+        help="the operator's own namespace, where ClusterOAuthProviders' CA bundle Secrets "
+        "are (default: the pod's namespace)",
     )
     _add_endpoint_options(run)
     run.add_argument(
@@ -313,6 +327,7 @@ def run_operator(args: argparse.Namespace) -> int:
     )
     settings = Settings(
         namespaces=namespaces,
+        operator_namespace=args.operator_namespace or None,
         endpoint_policy=EndpointPolicy(args.allow_http, frozenset(args.allowed_hosts)),
         guard=Guard(Tenancy(args.tenancy), frozenset(args.trusted_endpoints)),
         concurrency=args.concurrency,

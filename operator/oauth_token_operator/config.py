@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from .oauth import EndpointPolicy
 from .policy import Guard
 
+# Where a pod finds its own namespace (the ServiceAccount's mount).
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
 
 @dataclass(frozen=True)
 class Peering:
@@ -22,6 +25,8 @@ class Peering:
 @dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    # The operator's own namespace: where a ClusterOAuthProvider's CA bundle Secret is.
+    operator_namespace: str | None = None
     endpoint_policy: EndpointPolicy = field(default_factory=EndpointPolicy)
     # Tenancy (policy.py): shared by default, where Secrets and ServiceAccounts opt in and
     # inline endpoints must be trusted ones; single: every OAuthClient author is trusted.

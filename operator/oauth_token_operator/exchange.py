@@ -113,15 +113,17 @@ async def read_inputs(
                 "token of spec.tokenExchange)",
             )
         creds = replace(creds, subject_token=subject)
-    ca_pem = None
-    if spec.ca_bundle:
-        ca_name, ca_key = spec.ca_bundle
-        ca_pem = decode_data(await api.get_secret(ns, ca_name)).get(ca_key)
+    ca_pem = spec.provider_ca.pem if spec.provider_ca else None
+    if ca_source := spec.ca_secret():
+        ca_ns, ca_name, ca_key = ca_source
+        ca_pem = decode_data(await api.get_secret(ca_ns, ca_name)).get(ca_key)
         if not ca_pem:
+            where = f" (namespace {ca_ns}, of {spec.request.endpoint.provider_ref})"
             raise OAuthError(
                 Outcome.NEEDS_HUMAN,
                 reasons.INVALID_CA_BUNDLE,
-                f"CA bundle Secret {ca_name} not found or has no key {ca_key!r}",
+                f"CA bundle Secret {ca_name}{where if ca_ns != ns else ''} not found or has no "
+                f"key {ca_key!r}",
             )
     values: dict[str, str] = {}
     if spec.output.templates:

@@ -15,6 +15,7 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from .config import SERVICE_ACCOUNT_NAMESPACE
 from .proxies import proxy_for
 from .spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
 from .wire import rfc3339
@@ -140,9 +141,6 @@ def _peerings(namespace: str | None) -> Resource:
     return ("kopf.dev", "v1", "clusterkopfpeerings" if namespace is None else "kopfpeerings")
 
 
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-
 def default_namespace(kubeconfig: str | None = None) -> str:
     """The namespace kubectl would use: the pod's own in a cluster, else the kubeconfig's
     current context's, else "default"."""
@@ -195,6 +193,17 @@ class Kube:
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await _read_or_none(self._core.read_namespaced_secret, namespace, name)
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        try:
+            body: dict[str, Any] = await _json(
+                self._core.read_namespace(name, _preload_content=False)
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return {}
+            raise
+        return dict((body.get("metadata") or {}).get("labels") or {})
 
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await _read_or_none(self._core.read_namespaced_config_map, namespace, name)

@@ -69,11 +69,16 @@ class WorkloadAPI(Protocol):
 
 
 class ProviderAPI(Protocol):
-    """Custom objects (namespace None: cluster-scoped), e.g. ClusterOAuthProviders."""
+    """Custom objects (namespace None: cluster-scoped), e.g. ClusterOAuthProviders, and the
+    labels of namespaces (a provider's namespaceSelector)."""
 
     async def get_object(
         self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None: ...
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """The namespace's labels; empty if it does not exist."""
+        ...
 
 
 class ServiceAccountAPI(Protocol):

@@ -30,9 +30,10 @@ SERVICE_ACCOUNT_TOKEN_FAILED = "ServiceAccountTokenFailed"  # TokenRequest refus
 # issuer or token endpoint is not one the operator trusts (--trusted-endpoints).
 SECRET_NOT_OPTED_IN = "SecretNotOptedIn"
 ENDPOINT_NOT_TRUSTED = "EndpointNotTrusted"
-# spec.providerRef: the ClusterOAuthProvider is missing (or names no usable endpoint), or
-# does not list the client's namespace.
+# spec.providerRef: the provider does not exist, cannot be used as written, or does not
+# serve the client's namespace (or allow its grant type or client authentication).
 PROVIDER_NOT_FOUND = "ProviderNotFound"
+PROVIDER_INVALID = "ProviderInvalid"
 PROVIDER_NOT_ALLOWED = "ProviderNotAllowed"
 
 # The provider's answers (RFC 6749 5.2 error codes and HTTP failures).

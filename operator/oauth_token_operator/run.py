@@ -108,7 +108,7 @@ class Runner:
     async def run(self, spec: OAuthClientSpec, state: ClientState) -> float:
         """One pass; returns when to run next."""
         try:
-            spec = await resolve(self.providers, spec)
+            spec = await resolve(self.providers, spec, self.settings.operator_namespace)
         except (OAuthError, KubeError) as exc:
             return await self._unresolved(spec, state, exc)
         try:

@@ -176,14 +176,27 @@ class RefreshPolicy:
     default_lifetime: float = 3600.0
 
 
+CLUSTER_PROVIDER_KIND = "ClusterOAuthProvider"
+PROVIDER_KIND = "OAuthProvider"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where to find the token endpoint: by discovery from an issuer, or given directly, or
-    (provider) the name of a ClusterOAuthProvider, resolved into one of those by providers.py."""
+    (provider) the name of a ClusterOAuthProvider or (provider_kind OAuthProvider) of an
+    OAuthProvider of the client's namespace, resolved into one of those by providers.py."""
 
     issuer: str | None = None
     token_endpoint: str | None = None
     provider: str | None = None
+    # Not in the repr (so not in spec_hash): the resolved URLs are, and stay the same
+    # whichever kind of provider named them.
+    provider_kind: str = field(default=CLUSTER_PROVIDER_KIND, repr=False)
+
+    @property
+    def provider_ref(self) -> str:
+        """How a message names the provider: ClusterOAuthProvider sso, OAuthProvider sso."""
+        return f"{self.provider_kind} {self.provider}"
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,18 @@ class ServiceAccountToken:
 
 
 @dataclass(frozen=True)
+class ProviderCA:
+    """A provider's CA bundle: inline PEM, or a Secret key (namespace, name, key)."""
+
+    pem: str | None = field(default=None, repr=False)
+    secret: tuple[str, str, str] | None = None
+
+    def fingerprint(self) -> str:
+        pem = hashlib.sha256((self.pem or "").encode()).hexdigest()[:16]
+        return f"{pem}:{self.secret}"
+
+
+@dataclass(frozen=True)
 class OAuthClientSpec:
     key: ObjectKey
     uid: str
@@ -233,6 +258,19 @@ class OAuthClientSpec:
     subject_service_account: ServiceAccountToken | None = None
     # Not part of spec_hash: which pods to restart does not change the token.
     rollout_targets: tuple[RolloutTarget, ...] = ()
+    # spec.clientAuthentication was not set: a provider's default may take its place.
+    client_auth_defaulted: bool = False
+    # The CA bundle of the client's provider (providers.py puts it here), in place of
+    # spec.tls.caBundleSecretRef, which a client with a providerRef may not set.
+    provider_ca: ProviderCA | None = None
+
+    def ca_secret(self) -> tuple[str, str, str] | None:
+        """Where the CA bundle Secret is: (namespace, name, key); None without one."""
+        if self.provider_ca is not None:
+            return self.provider_ca.secret
+        if self.ca_bundle:
+            return (self.key.namespace, *self.ca_bundle)
+        return None
 
     @functools.cached_property  # the spec is immutable; asked for on every run
     def spec_hash(self) -> str:
@@ -263,6 +301,8 @@ def spec_hash(spec: OAuthClientSpec) -> str:
             repr(spec.subject_service_account),
             repr(spec.client_id),
         ]
+        # Only when set, so that the hash of every client without one stays what it was.
+        + ([spec.provider_ca.fingerprint()] if spec.provider_ca else [])
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
@@ -312,7 +352,16 @@ def _endpoint(spec: dict[str, Any]) -> Endpoint:
     if [bool(issuer), bool(token_endpoint), bool(ref)].count(True) != 1:
         raise SpecError("set exactly one of spec.issuer, spec.tokenEndpoint or spec.providerRef")
     if isinstance(ref, dict):
-        return Endpoint(provider=_str(ref, "name", "", "spec.providerRef") or None)
+        kind = _str(ref, "kind", CLUSTER_PROVIDER_KIND, "spec.providerRef")
+        if kind not in (CLUSTER_PROVIDER_KIND, PROVIDER_KIND):
+            raise SpecError(
+                f"spec.providerRef.kind {kind!r} is not one of {CLUSTER_PROVIDER_KIND}, "
+                f"{PROVIDER_KIND}"
+            )
+        name = _str(ref, "name", "", "spec.providerRef")
+        if not name:
+            raise SpecError("spec.providerRef.name is required")
+        return Endpoint(provider=name, provider_kind=kind)
     for name, url in (("issuer", issuer), ("tokenEndpoint", token_endpoint)):
         if url is not None and (
             not isinstance(url, str) or not url.startswith(("https://", "http://"))
@@ -470,9 +519,11 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
     key = ObjectKey(meta.get("namespace", ""), meta.get("name", ""))
 
     grant = _enum(GrantType, spec.get("grantType", "client_credentials"), "spec.grantType")
+    # Unset: client_secret_basic, unless the client's provider has a default (providers.py).
+    auth_defaulted = spec.get("clientAuthentication") is None
     auth = _enum(
         ClientAuth,
-        spec.get("clientAuthentication", "client_secret_basic"),
+        spec.get("clientAuthentication") or "client_secret_basic",
         "spec.clientAuthentication",
     )
     if auth is ClientAuth.NONE and grant is not GrantType.REFRESH_TOKEN:
@@ -569,6 +620,11 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         )
     ca = tls.get("caBundleSecretRef")
     ca_bundle = None
+    if ca and endpoint.provider:
+        raise SpecError(
+            "spec.tls.caBundleSecretRef is not used with spec.providerRef: the provider's CA "
+            "bundle is (spec.tls of the provider)"
+        )
     if ca:
         ca_bundle = (
             _str(ca, "name", "", "spec.tls.caBundleSecretRef"),
@@ -600,4 +656,5 @@ def parse(body: dict[str, Any]) -> OAuthClientSpec:
         subject_secret=exchange.secret,
         subject_service_account=exchange.service_account,
         rollout_targets=_rollout_targets(spec.get("rolloutTargets")),
+        client_auth_defaulted=auth_defaulted,
     )

@@ -39,14 +39,16 @@ def short_lived_idp(test_ca: TestCA) -> Iterator[IdentityProvider]:
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
+NAMESPACED_PROVIDER_CRD = REPO / "crds" / "oauthproviders.oauth-token-operator.dev.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> None:
-    """The CRDs from crds/ (OAuthClient, ClusterOAuthProvider), installed and established."""
-    for path in (CRD, PROVIDER_CRD):
+    """The CRDs from crds/ (OAuthClient and the two provider kinds), installed and
+    established."""
+    for path in (CRD, PROVIDER_CRD, NAMESPACED_PROVIDER_CRD):
         control_plane.kubectl("apply", "-f", str(path))
-    for name in ("oauthclients", "clusteroauthproviders"):
+    for name in ("oauthclients", "clusteroauthproviders", "oauthproviders"):
         # Retried: a wait right after the apply can find no conditions yet, and fail.
         def established(crd: str = f"crd/{name}.oauth-token-operator.dev") -> bool:
             wait = ("wait", "--for=condition=Established", "--timeout=60s", crd)

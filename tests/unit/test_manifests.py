@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "oauth-token-operator"
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
+NAMESPACED_PROVIDER_CRD = REPO / "crds" / "oauthproviders.oauth-token-operator.dev.yaml"
 
 # The first test to need helm may compile it.
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
@@ -90,6 +91,16 @@ def grants(role: Manifest, group: str, resource: str) -> set[str]:
     return verbs
 
 
+def provider_ca_roles(manifests: list[Manifest]) -> list[Manifest]:
+    return [r for r in of_kind(manifests, "Role") if r["metadata"]["name"].endswith("-provider-ca")]
+
+
+def client_roles(manifests: list[Manifest]) -> list[Manifest]:
+    """The Roles that serve OAuthClients in a watched namespace."""
+    ca = provider_ca_roles(manifests)
+    return [r for r in of_kind(manifests, "Role") if r not in ca]
+
+
 # -- copies of the CRD ------------------------------------------------------------------
 
 
@@ -99,9 +110,9 @@ def grants(role: Manifest, group: str, resource: str) -> set[str]:
         (CHART / "crds" / CRD.name, CRD),
         (REPO / "deploy" / "crd.yaml", CRD),
         (CHART / "crds" / PROVIDER_CRD.name, PROVIDER_CRD),
-        (REPO / "deploy" / "crd-providers.yaml", PROVIDER_CRD),
+        (CHART / "crds" / NAMESPACED_PROVIDER_CRD.name, NAMESPACED_PROVIDER_CRD),
     ],
-    ids=["chart", "deploy", "chart-providers", "deploy-providers"],
+    ids=["chart", "deploy", "chart-providers", "chart-namespaced-providers"],
 )
 def test_crd_copy_is_identical_to_source(copy: Path, source: Path) -> None:
     assert copy.read_bytes() == source.read_bytes(), (
@@ -109,10 +120,31 @@ def test_crd_copy_is_identical_to_source(copy: Path, source: Path) -> None:
     )
 
 
+def test_deploy_holds_both_provider_crds_as_they_are() -> None:
+    joined = PROVIDER_CRD.read_text() + "---\n" + NAMESPACED_PROVIDER_CRD.read_text()
+    assert (REPO / "deploy" / "crd-providers.yaml").read_text() == joined, "run charts/sync-crd.sh"
+
+
+def test_both_provider_kinds_take_the_same_provider_fields() -> None:
+    """An OAuthProvider is a ClusterOAuthProvider for one namespace: the same fields, with
+    the same schema and rules, but no namespaces or namespaceSelector."""
+
+    def spec_of(path: Path) -> Manifest:
+        (version,) = yaml.safe_load(path.read_text())["spec"]["versions"]
+        schema: Manifest = version["schema"]["openAPIV3Schema"]
+        return schema
+
+    cluster, namespaced = spec_of(PROVIDER_CRD), spec_of(NAMESPACED_PROVIDER_CRD)
+    cluster_fields = dict(cluster["properties"]["spec"]["properties"])
+    assert cluster_fields.pop("namespaces") and cluster_fields.pop("namespaceSelector")
+    assert cluster_fields == namespaced["properties"]["spec"]["properties"]
+    assert cluster["properties"]["status"] == namespaced["properties"]["status"]
+
+
 def test_chart_holds_only_the_operators_crds() -> None:
     # Any other file in crds/ would be installed, unversioned and never upgraded, by helm.
     names = sorted(p.name for p in (CHART / "crds").iterdir())
-    assert names == sorted([CRD.name, PROVIDER_CRD.name])
+    assert names == sorted([CRD.name, PROVIDER_CRD.name, NAMESPACED_PROVIDER_CRD.name])
 
 
 # -- lint and schema --------------------------------------------------------------------
@@ -263,7 +295,7 @@ def test_args_follow_values(helm: Path) -> None:
 
 def test_default_rbac_is_cluster_wide_and_minimal(helm: Path) -> None:
     manifests = render(helm)
-    assert of_kind(manifests, "Role") == []
+    assert client_roles(manifests) == []
     role = only(operators(manifests), "ClusterRole")
     group = "oauth-token-operator.dev"
     assert grants(role, group, "oauthclients") == {"get", "list", "watch"}
@@ -294,7 +326,7 @@ def test_default_rbac_is_cluster_wide_and_minimal(helm: Path) -> None:
 def test_rollout_targets_grant_get_and_patch_on_workloads_only_when_enabled(helm: Path) -> None:
     for extra in ((), ("watchNamespaces={team-a}",)):
         manifests = operators(render(helm, "rolloutTargets.enabled=true", *extra))
-        roles = of_kind(manifests, "Role") if extra else of_kind(manifests, "ClusterRole")
+        roles = client_roles(manifests) if extra else of_kind(manifests, "ClusterRole")
         assert roles
         for role in roles:
             for resource in ("deployments", "statefulsets", "daemonsets"):
@@ -331,7 +363,8 @@ def test_deploy_manifests_are_the_rendered_chart(helm: Path) -> None:
     manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     assert sorted(m["kind"] for m in manifests) == [
         "ClusterRole",
-        "ClusterRole",  # the users' edit and view roles
+        "ClusterRole",  # the users' edit, admin and view roles
+        "ClusterRole",
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
@@ -354,7 +387,7 @@ def test_deploy_manifests_are_the_rendered_chart(helm: Path) -> None:
 
 def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> None:
     manifests = render(helm, "watchNamespaces={a,b}")
-    roles = of_kind(manifests, "Role")
+    roles = client_roles(manifests)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
     for role in roles:
         assert grants(role, "", "secrets") == {"get", "list", "watch", "create", "update", "patch"}
@@ -362,7 +395,11 @@ def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> N
             "patch",
             "update",
         }
-    bindings = of_kind(manifests, "RoleBinding")
+    bindings = [
+        b
+        for b in of_kind(manifests, "RoleBinding")
+        if not b["metadata"]["name"].endswith("-provider-ca")
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["a", "b"]
     for binding in bindings:
         assert binding["roleRef"] == {
@@ -372,12 +409,17 @@ def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> N
         }
 
     # What stays cluster-wide is only what kopf's scanning reads, and the platform's
-    # providers (cluster-scoped), read one at a time.
+    # providers (cluster-scoped): read and watched, their status written.
     for cluster_role in of_kind(operators(manifests), "ClusterRole"):
         for rule in cluster_role["rules"]:
             assert "secrets" not in rule["resources"], rule
+            if rule["resources"] == ["clusteroauthproviders/status"]:
+                assert rule["verbs"] == ["patch"], rule
+                continue
+            if rule["resources"] == ["namespaces"] and rule["verbs"] == ["get"]:
+                continue  # the labels a provider's namespaceSelector matches
             if rule["resources"] == ["clusteroauthproviders"]:
-                assert rule["verbs"] == ["get"], rule
+                assert rule["verbs"] == ["get", "list", "watch"], rule
                 continue
             assert set(rule["verbs"]) <= {"list", "watch"}, rule
             assert "oauthclients" not in rule["resources"], rule
@@ -387,6 +429,18 @@ def test_namespaced_mode_uses_roles_and_no_cluster_wide_secrets(helm: Path) -> N
         "--namespace=a",
         "--namespace=b",
     ]
+
+
+def test_namespaced_mode_reads_provider_ca_secrets_in_the_operators_namespace_only(
+    helm: Path,
+) -> None:
+    """A ClusterOAuthProvider's CA bundle Secret is in the operator's namespace: a Role there
+    reads Secrets (get only), unless that namespace is a watched one anyway."""
+    (role,) = provider_ca_roles(render(helm, "watchNamespaces={a,b}"))
+    assert role["metadata"]["namespace"] == "oauth-token-operator"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    assert provider_ca_roles(render(helm, "watchNamespaces={a,oauth-token-operator}")) == []
+    assert provider_ca_roles(render(helm)) == []  # the ClusterRole reads every Secret
 
 
 def test_peering_off_by_default(helm: Path) -> None:
@@ -423,7 +477,7 @@ def test_peering_cluster_wide(helm: Path, values: list[str]) -> None:
 def test_peering_namespaced(helm: Path) -> None:
     manifests = render(helm, "watchNamespaces={a,b}", "peering.enabled=true")
     assert of_kind(manifests, "KopfPeering") == of_kind(manifests, "ClusterKopfPeering") == []
-    roles = of_kind(manifests, "Role")
+    roles = client_roles(manifests)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["a", "b"]
     for role in roles:
         assert grants(role, "kopf.dev", "kopfpeerings") == {
@@ -744,9 +798,16 @@ def test_the_admission_policy_follows_the_trusted_endpoints_and_namespaces(helm:
 
 
 def test_tenants_roles_never_gain_providers(helm: Path) -> None:
-    """edit/admin/view aggregation: OAuthClients, never the platform's providers."""
+    """edit/admin/view aggregation: OAuthClients, never the platform's providers; a
+    namespace's own OAuthProviders only for its admins (they say where credentials go)."""
+    writers = set()
     for role in of_kind(render(helm), "ClusterRole"):
         labels = role["metadata"].get("labels") or {}
         if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels):
             for rule in role["rules"]:
                 assert "clusteroauthproviders" not in rule["resources"], role["metadata"]["name"]
+                if "oauthproviders" in rule["resources"] and "create" in rule["verbs"]:
+                    writers.add(role["metadata"]["name"])
+                    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in labels
+                    assert labels.get("rbac.authorization.k8s.io/aggregate-to-admin") == "true"
+    assert len(writers) == 1

@@ -85,6 +85,8 @@ class FakeKube:
         self.workload_opt_ins: dict[tuple[str, str, str], dict[str, str]] = {}
         # Cluster-scoped custom objects (ClusterOAuthProviders) by (plural, name).
         self.cluster_objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}
+        self.namespace_reads = 0
         # ServiceAccounts by (namespace, name); tokens minted as (namespace, name, audience)
         self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
         self.minted: list[tuple[str, str, str]] = []
@@ -147,9 +149,13 @@ class FakeKube:
     async def get_object(
         self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
-        assert namespace is None
-        found = self.cluster_objects.get((plural, name))
+        key = (plural, name) if namespace is None else (plural, f"{namespace}/{name}")
+        found = self.cluster_objects.get(key)
         return copy.deepcopy(found) if found is not None else None
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        self.namespace_reads += 1
+        return dict(self.namespaces.get(name, {}))
 
     async def get_workload_annotations(
         self, namespace: str, kind: str, name: str

@@ -78,6 +78,14 @@ cluster-wide mode and by the per-namespace Roles otherwise. Exactly what the ope
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update, patch]
+# spec.providerRef with kind OAuthProvider: read the namespace's providers (watched, so that
+# an edit reaches their clients within seconds) and report what was found at each.
+- apiGroups: [oauth-token-operator.dev]
+  resources: [oauthproviders]
+  verbs: [get, list, watch]
+- apiGroups: [oauth-token-operator.dev]
+  resources: [oauthproviders/status]
+  verbs: [patch]
 # Read the ConfigMaps that spec.secret.valuesFrom names (template values); no list or watch.
 - apiGroups: [""]
   resources: [configmaps]
