@@ -10,7 +10,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,19 +21,14 @@ from tests.support.idp import IdentityProvider
 from tests.support.node import Node, build_image, pods
 from tests.support.pki import TestCA
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 RELEASE = "oauth-token-operator"
 OPERATOR_NS = "oauth-system"
 
 
 @pytest.fixture(scope="session")
 def node_cluster() -> Iterator[tuple[ControlPlane, Node]]:
+    """The cluster bare: the CRDs come from the chart's crds/ with the release's install."""
     with ControlPlane(service_account_admission=True, audit=True) as cp, Node(cp) as node:
-        cp.kubectl("apply", "-f", str(CRD))
-        cp.kubectl(
-            "wait", "--for=condition=Established", "crd/oauthclients.oauth-token-operator.dev"
-        )
         yield cp, node
 
 
