@@ -28,6 +28,7 @@ CHART = REPO / "charts" / "oauth-token-operator"
 CRD_NAME = "oauthclients.oauth-token-operator.dev"
 OAUTHCLIENTS = "oauthclients.oauth-token-operator.dev"
 PROVIDERS = "clusteroauthproviders.oauth-token-operator.dev"
+NAMESPACED_PROVIDERS = "oauthproviders.oauth-token-operator.dev"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def test_install_creates_crd_and_objects(
     # The CRD from the chart's crds/ directory is served: the API knows the kind.
     cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
     resources = cp.kubectl("api-resources", "--api-group=oauth-token-operator.dev", "-o=name")
-    assert resources.stdout.split() == [PROVIDERS, OAUTHCLIENTS]
+    assert resources.stdout.split() == [PROVIDERS, OAUTHCLIENTS, NAMESPACED_PROVIDERS]
     for kind in ("deployment", "serviceaccount", "service"):
         name = f"{r.fullname}-metrics" if kind == "service" else r.fullname
         cp.kubectl("get", kind, name, f"--namespace={r.namespace}")
@@ -205,7 +206,12 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_does(
         "events.events.k8s.io": {"create", "patch"},
         "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
         "configmaps": {"get"},
-        PROVIDERS: {"get"},  # spec.providerRef: the platform's ClusterOAuthProviders
+        # spec.providerRef: the providers, watched, and their status reported.
+        PROVIDERS: {"get", "list", "watch"},
+        f"{PROVIDERS}/status": {"patch"},
+        NAMESPACED_PROVIDERS: {"get", "list", "watch"},
+        f"{NAMESPACED_PROVIDERS}/status": {"patch"},
+        "namespaces": {"get"},  # the labels a provider's namespaceSelector matches
     }
 
 
@@ -236,16 +242,20 @@ def test_namespaced_rbac_stays_in_the_listed_namespaces(
         assert can_i(cp, r, "patch", "kopfpeerings.kopf.dev", namespace=ns)
         assert not can_i(cp, r, "delete", "secrets", namespace=ns)
         assert not can_i(cp, r, "patch", OAUTHCLIENTS, namespace=ns)
-    # Not in a namespace it does not watch, its own included, nor across all namespaces.
+    # Not in a namespace it does not watch, nor across all namespaces; in its own, only a
+    # read of a Secret by name (a ClusterOAuthProvider's CA bundle).
     for ns in ("chart-team-c", r.namespace, "default"):
-        assert not can_i(cp, r, "get", "secrets", namespace=ns)
+        assert can_i(cp, r, "get", "secrets", namespace=ns) is (ns == r.namespace)
+        assert not can_i(cp, r, "list", "secrets", namespace=ns)
         assert not can_i(cp, r, "list", OAUTHCLIENTS, namespace=ns)
     assert not can_i(cp, r, "list", "secrets")
     assert not can_i(cp, r, "watch", OAUTHCLIENTS)
-    # Only kopf's scanning reads are cluster-wide.
+    # Only kopf's scanning reads, the providers and namespaces' labels are cluster-wide.
     assert can_i(cp, r, "watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert can_i(cp, r, "watch", "namespaces")
-    assert not can_i(cp, r, "get", "namespaces")
+    assert can_i(cp, r, "get", "namespaces")
+    assert can_i(cp, r, "watch", PROVIDERS)
+    assert not can_i(cp, r, "create", PROVIDERS)
 
 
 def test_peering_crds_are_installed_and_no_peering_object_is_templated(

@@ -396,12 +396,16 @@ def test_a_tenant_cannot_restart_a_workload_that_did_not_name_its_client(
         cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac), check=False)
 
 
-def provider(name: str, issuer: str, *namespaces: str) -> dict[str, Any]:
+def provider(name: str, issuer: str, ca: TestCA, *namespaces: str) -> dict[str, Any]:
     return {
         "apiVersion": "oauth-token-operator.dev/v1alpha1",
         "kind": "ClusterOAuthProvider",
         "metadata": {"name": name},
-        "spec": {"issuer": issuer, "namespaces": list(namespaces)},
+        "spec": {
+            "issuer": issuer,
+            "namespaces": list(namespaces),
+            "tls": {"caBundle": ca.cert_pem.decode()},
+        },
     }
 
 
@@ -410,7 +414,6 @@ def by_ref(name: str, provider_name: str) -> dict[str, Any]:
     del obj["spec"]["tokenEndpoint"]
     obj["spec"]["clientAuthentication"] = "client_secret_basic"
     obj["spec"]["providerRef"] = {"kind": "ClusterOAuthProvider", "name": provider_name}
-    obj["spec"]["tls"] = {"caBundleSecretRef": {"name": "idp-ca"}}
     return obj
 
 
@@ -419,7 +422,7 @@ def test_a_cluster_provider_serves_the_namespaces_it_lists_and_no_other(
     control_plane: ControlPlane,
     tenant: str,
     identity_provider: IdentityProvider,
-    idp_ca_secret: str,
+    test_ca: TestCA,
     tmp_path: Path,
 ) -> None:
     """Shared tenancy with no trusted endpoint at all: a ClusterOAuthProvider the platform
@@ -431,8 +434,8 @@ def test_a_cluster_provider_serves_the_namespaces_it_lists_and_no_other(
     )
     assert can.stdout.strip() == "no"
     for obj in (
-        provider(ours, identity_provider.issuer, ns),
-        provider(theirs, identity_provider.issuer, "some-other-namespace"),
+        provider(ours, identity_provider.issuer, test_ca, ns),
+        provider(theirs, identity_provider.issuer, test_ca, "some-other-namespace"),
     ):
         control_plane.kubectl("apply", "-f", "-", input=json.dumps(obj))
     cluster.apply(
