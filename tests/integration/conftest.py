@@ -11,6 +11,7 @@ import pytest
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.idp import IdentityProvider
+from tests.support.keycloak import Keycloak
 from tests.support.operator_process import OperatorProcess
 from tests.support.pki import TestCA
 
@@ -55,6 +56,27 @@ def crd(control_plane: ControlPlane) -> None:
             return control_plane.kubectl(*wait, check=False).returncode == 0
 
         eventually(established, timeout=60, what=f"the {name} CRD established")
+
+
+@pytest.fixture(scope="session")
+def keycloak(control_plane: ControlPlane, test_ca: TestCA) -> Iterator[Keycloak]:
+    """Keycloak over TLS from the test CA, trusting the apiserver's ServiceAccount issuer;
+    started once, for the modules that need it (keyless, providers)."""
+    # A provider outside the cluster reads the issuer's discovery document and JWKS without
+    # credentials, as Kubernetes documents for ServiceAccount issuer discovery.
+    binding = "keyless-test-anonymous-issuer-discovery"
+    control_plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        binding,
+        "--clusterrole=system:service-account-issuer-discovery",
+        "--group=system:unauthenticated",
+    )
+    try:
+        with Keycloak(test_ca, control_plane.ca_pem, control_plane.server) as kc:
+            yield kc
+    finally:
+        control_plane.kubectl("delete", "clusterrolebinding", binding)
 
 
 @pytest.fixture

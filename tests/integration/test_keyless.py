@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +22,10 @@ from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.keycloak import Keycloak
 from tests.support.operator_process import OperatorProcess
-from tests.support.pki import TestCA
 
 pytestmark = pytest.mark.integration
 
 AUDIENCES_ANNOTATION = "oauth-token-operator.dev/token-audiences"
-
-
-@pytest.fixture(scope="module")
-def keycloak(control_plane: ControlPlane, test_ca: TestCA) -> Iterator[Keycloak]:
-    # A provider outside the cluster reads the issuer's discovery document and JWKS without
-    # credentials, as Kubernetes documents for ServiceAccount issuer discovery.
-    binding = "keyless-test-anonymous-issuer-discovery"
-    control_plane.kubectl(
-        "create",
-        "clusterrolebinding",
-        binding,
-        "--clusterrole=system:service-account-issuer-discovery",
-        "--group=system:unauthenticated",
-    )
-    try:
-        with Keycloak(test_ca, control_plane.ca_pem, control_plane.server) as kc:
-            yield kc
-    finally:
-        control_plane.kubectl("delete", "clusterrolebinding", binding)
 
 
 def service_account(cluster: Cluster, name: str, audiences: str | None) -> None:

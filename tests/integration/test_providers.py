@@ -20,6 +20,7 @@ from tests.integration.test_rbac import under_chart_rbac
 from tests.support.cluster import Cluster
 from tests.support.controlplane import ControlPlane
 from tests.support.idp import CC_POST, CC_POST_SECRET, IdentityProvider
+from tests.support.keycloak import Keycloak
 from tests.support.operator_process import OperatorProcess
 from tests.support.pki import TestCA
 
@@ -230,3 +231,75 @@ def test_a_client_with_a_provider_may_not_bring_its_own_ca(cluster: Cluster) -> 
     refused = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(obj), check=False)
     assert refused.returncode != 0
     assert "the provider's CA bundle is" in refused.stderr
+
+
+def test_a_cluster_provider_for_keycloak_serves_keyless_and_secret_clients(
+    cluster: Cluster, keycloak: Keycloak, test_ca: TestCA, tmp_path: Path
+) -> None:
+    """The same provider resource in front of Keycloak: a keyless client (its
+    ServiceAccount's token, opted in for Keycloak's issuer) and a secret client that takes
+    the provider's default method; a method the provider does not allow is refused."""
+    ns, control_plane = cluster.namespace, cluster.cp
+    name = f"kc-{ns}"
+    sso = provider(
+        "ClusterOAuthProvider",
+        name,
+        keycloak.issuer,
+        namespaces=[ns],
+        tls={"caBundle": test_ca.cert_pem.decode()},
+        defaults={"clientAuthentication": "client_secret_post"},
+        allowedClientAuthentications=["service_account_token", "client_secret_post"],
+    )
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(sso))
+    keyless_id, secret_id = f"kl-{ns}", f"sec-{ns}"
+    keycloak.add_client(keyless_id, ns, "app")
+    secret = f"s-{uuid.uuid4().hex}"
+    keycloak.add_secret_client(secret_id, secret)
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "name": "app",
+                "annotations": {
+                    "oauth-token-operator.dev/token-audiences": keycloak.issuer,
+                    "oauth-token-operator.dev/token-endpoints": keycloak.issuer,
+                },
+            },
+        }
+    )
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "annotations": {ALLOWED_CLIENTS: "*"}},
+            "stringData": {"client_id": secret_id, "client_secret": secret},
+        }
+    )
+    keyless = client(
+        "keyless",
+        "ClusterOAuthProvider",
+        name,
+        clientAuthentication="service_account_token",
+        serviceAccountToken={"serviceAccountName": "app", "audience": keycloak.issuer},
+        clientId=keyless_id,
+    )
+    del keyless["spec"]["credentialsSecretRef"]
+    cluster.apply(keyless)
+    cluster.apply(client("secret", "ClusterOAuthProvider", name))
+    cluster.apply(
+        client("basic", "ClusterOAuthProvider", name, clientAuthentication="client_secret_basic")
+    )
+    operator = OperatorProcess(control_plane.kubeconfig_path, ns, tmp_path / "op.log", tenancy=None)
+    try:
+        with operator:
+            for name_, client_id in (("keyless", keyless_id), ("secret", secret_id)):
+                cluster.wait_ready(name_, timeout=60)
+                granted = token_claims(cluster, name_)
+                assert (granted["azp"], granted["iss"]) == (client_id, keycloak.issuer)
+            refused = cluster.wait_not_ready("basic")
+            assert refused["reason"] == "ProviderNotAllowed", refused
+            assert "does not allow clientAuthentication client_secret_basic" in refused["message"]
+            assert "eyJ" not in operator.logs()
+    finally:
+        control_plane.kubectl("delete", "clusteroauthprovider", name, check=False)
