@@ -303,3 +303,59 @@ def test_a_cluster_provider_for_keycloak_serves_keyless_and_secret_clients(
             assert "eyJ" not in operator.logs()
     finally:
         control_plane.kubectl("delete", "clusteroauthprovider", name, check=False)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"issuer": "https://a.example", "tokenEndpoint": "https://a.example/t"},
+            "set exactly one of spec.issuer",
+        ),
+        ({"issuer": "https://a.example"}, "set spec.namespaces and/or spec.namespaceSelector"),
+        (
+            {"issuer": "https://a.example", "namespaces": ["*"], "tls": {"caBundle": "x"}},
+            "spec.tls.caBundle must hold PEM certificates",
+        ),
+        (
+            {
+                "issuer": "https://a.example",
+                "namespaces": ["*"],
+                "defaults": {"clientAuthentication": "service_account_token"},
+            },
+            'Unsupported value: "service_account_token"',
+        ),
+        (
+            {
+                "issuer": "https://a.example",
+                "namespaces": ["*"],
+                "defaults": {"extraParams": {"client_secret": "x"}},
+            },
+            "must not set a parameter the operator sets itself",
+        ),
+        (
+            {"issuer": "https://u:p@a.example", "namespaces": ["*"]},
+            "must not contain credentials",
+        ),
+    ],
+)
+def test_admission_refuses_a_provider_that_cannot_work(
+    control_plane: ControlPlane, crd: None, spec: dict[str, Any], message: str
+) -> None:
+    obj = {
+        "apiVersion": GROUP,
+        "kind": "ClusterOAuthProvider",
+        "metadata": {"name": f"bad-{uuid.uuid4().hex[:8]}"},
+        "spec": spec,
+    }
+    refused = control_plane.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(obj), check=False
+    )
+    assert refused.returncode != 0
+    assert message in refused.stderr, refused.stderr
+
+
+def test_kubectl_explains_the_provider_fields(control_plane: ControlPlane, crd: None) -> None:
+    for kind in ("clusteroauthprovider", "oauthprovider"):
+        explained = control_plane.kubectl("explain", f"{kind}.spec.defaults.clientAuthentication")
+        assert "The method for clients that set no spec.clientAuthentication" in explained.stdout
