@@ -1,7 +1,8 @@
 """`login`: the one browser step a refresh_token client needs. Runs the authorization-code
 flow with PKCE (RFC 7636, S256) on a loopback redirect (RFC 8252), passes extra authorize
 parameters through (for example sub_type=user), and stores the refresh token, with the
-client ID (and secret, if given), in the Secret the OAuthClient reads."""
+client ID (and secret, if given), in the Secret the OAuthClient reads. The issuer and CA come
+from the flags, a provider (--provider) or an OAuthClient (--client): login_source.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
+from .cli_reads import CommandError, add_operator_namespace
 from .kube import Kube, default_namespace
+from .login_source import LOGIN_AUTHS, Source, check_flags, provider_arg, source_for
 from .oauth import (
     Credentials,
     EndpointPolicy,
@@ -32,7 +35,6 @@ from .oauth import (
     parse_token_response,
 )
 from .rescue import keep_refresh_token
-from .spec import ClientAuth
 from .wire import encode_data
 
 CALLBACK_TIMEOUT = 600.0
@@ -44,7 +46,23 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="obtain a refresh token in a browser and store it in a Secret",
         parents=parents,
     )
-    parser.add_argument("--issuer", required=True, help="issuer URL (OpenID discovery)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--issuer", help="issuer URL (OpenID discovery)")
+    where.add_argument(
+        "--provider",
+        type=provider_arg,
+        metavar="[KIND/]NAME",
+        help="take the issuer, CA bundle, default scopes and client authentication from a "
+        "provider: NAME or ClusterOAuthProvider/NAME, or OAuthProvider/NAME (in -n's "
+        "namespace); it must have spec.issuer",
+    )
+    where.add_argument(
+        "--client",
+        metavar="NAME",
+        help="take them from the OAuthClient NAME (in -n's namespace): its provider's or its "
+        "own issuer and CA bundle, its scopes and client authentication, and its credentials "
+        "Secret and keys (then --secret is not needed)",
+    )
     parser.add_argument("--client-id", required=True)
     parser.add_argument(
         "--client-secret-file",
@@ -54,14 +72,9 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--client-authentication",
         default=None,
-        choices=[
-            "client_secret_basic",
-            "client_secret_post",
-            "tls_client_auth",
-            "self_signed_tls_client_auth",
-            "none",
-        ],
-        help="default: client_secret_post with a secret, none without",
+        choices=[a.value for a in LOGIN_AUTHS],
+        help="default: the OAuthClient's or provider's, else client_secret_post with a secret "
+        "and none without",
     )
     parser.add_argument(
         "--client-certificate-file",
@@ -73,7 +86,8 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--scope",
         action="append",
         default=[],
-        help="scope to request (repeatable), for example offline_access",
+        help="scope to request (repeatable), for example offline_access (default: the "
+        "OAuthClient's scopes, or the provider's default scopes)",
     )
     parser.add_argument(
         "--param",
@@ -86,16 +100,30 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--no-browser", action="store_true", help="print the URL instead of opening a browser"
     )
-    parser.add_argument("--ca-file", default=None, help="PEM CA bundle for the provider")
+    parser.add_argument(
+        "--ca-file",
+        default=None,
+        help="PEM CA bundle for the provider (default: the provider's or OAuthClient's CA "
+        "bundle with --provider or --client, else the system's)",
+    )
+    add_operator_namespace(parser)
     parser.add_argument("--allow-http", action="store_true")
     parser.add_argument(
-        "-n", "--namespace", help="the credentials Secret's namespace (default: the context's)"
+        "-n",
+        "--namespace",
+        help="the namespace of the credentials Secret, of --client's OAuthClient and of an "
+        "OAuthProvider (default: the context's)",
     )
-    parser.add_argument("--secret", required=True, help="credentials Secret to create or update")
+    parser.add_argument(
+        "--secret",
+        help="credentials Secret to create or update (with --client: the OAuthClient's "
+        "spec.credentialsSecretRef)",
+    )
     parser.add_argument("--kubeconfig", default=None)
-    parser.add_argument("--client-id-key", default="client_id")
-    parser.add_argument("--client-secret-key", default="client_secret")
-    parser.add_argument("--refresh-token-key", default="refresh_token")
+    theirs = "(with --client: the OAuthClient's)"
+    parser.add_argument("--client-id-key", help=f"default: client_id {theirs}")
+    parser.add_argument("--client-secret-key", help=f"default: client_secret {theirs}")
+    parser.add_argument("--refresh-token-key", help=f"default: refresh_token {theirs}")
     parser.set_defaults(handler=run)
 
 
@@ -161,7 +189,7 @@ class _Callback:
             writer.close()
 
 
-async def _discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
+async def _discover(http: httpx.AsyncClient, issuer: str, origin: str) -> dict[str, Any]:
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     response = await http.get(url)
     try:
@@ -175,7 +203,7 @@ async def _discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
             Outcome.NEEDS_HUMAN,
             "DiscoveryFailed",
             f"{url} (HTTP {response.status_code}) is no OpenID discovery document with "
-            "token and authorization endpoints; is --issuer the issuer's URL?",
+            f"token and authorization endpoints; is {origin} the issuer's URL?",
         ) from None
     if str(document.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
         raise OAuthError(Outcome.NEEDS_HUMAN, "DiscoveryFailed", f"{url} names another issuer")
@@ -184,97 +212,107 @@ async def _discover(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> int:
     args.namespace = args.namespace or default_namespace(args.kubeconfig)
-    client_secret = None
-    if args.client_secret_file:
-        client_secret = Path(args.client_secret_file).read_text().strip()  # noqa: ASYNC240
-    auth = ClientAuth(
-        args.client_authentication or (ClientAuth.POST if client_secret else ClientAuth.NONE)
-    )
-    extra = dict(p.split("=", 1) for p in args.param if "=" in p)
-    policy = EndpointPolicy(allow_http=args.allow_http)
-    verify: Any = True
+    if problem := check_flags(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2  # a usage error, as argparse's
     if bool(args.client_certificate_file) != bool(args.client_key_file):
         print("error: give both --client-certificate-file and --client-key-file", file=sys.stderr)
         return 1
-    if auth.mutual_tls and not args.client_certificate_file:
-        print(f"error: {auth.value} needs --client-certificate-file", file=sys.stderr)
-        return 1
-    if args.ca_file or args.client_certificate_file:
-        import ssl
-
-        try:
-            verify = ssl.create_default_context(cafile=args.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            print(f"error: --ca-file {args.ca_file}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        if args.client_certificate_file:
-            try:
-                certificate = Path(args.client_certificate_file).read_text()  # noqa: ASYNC240
-                key = Path(args.client_key_file).read_text()  # noqa: ASYNC240
-                load_client_certificate(verify, certificate, key)
-            except (OSError, OAuthError) as exc:
-                print(f"error: client certificate: {exc}", file=sys.stderr)
-                return 1
-    kube = await Kube.connect(args.kubeconfig)
+    client_secret = None
+    if args.client_secret_file:
+        client_secret = Path(args.client_secret_file).read_text().strip()  # noqa: ASYNC240
+    extra = dict(p.split("=", 1) for p in args.param if "=" in p)
+    policy = EndpointPolicy(allow_http=args.allow_http)
+    kube = None
     try:
+        verify = _tls(args, None)  # --ca-file and the client certificate, before anything
+        kube = await Kube.connect(args.kubeconfig)
+        source = await source_for(args, kube)
+        if source.ca_pem:
+            verify = _tls(args, source)
+        keys = source.keys
         # Before the browser: a grant whose refresh token cannot be stored is wasted, so the
         # API server checks the write (RBAC, admission) first, storing nothing.
         await kube.upsert_secret_data(
-            args.namespace, args.secret, {args.refresh_token_key: ""}, dry_run=True
+            args.namespace, keys.secret_name, {keys.refresh_token: ""}, dry_run=True
         )
-        try:
-            token, creds = await _login(args, policy, verify, extra, auth, client_secret)
-        except OAuthError as exc:
-            print(f"error: {exc.reason}: {exc}", file=sys.stderr)
-            return 1
+        token, creds = await _login(args, source, policy, verify, extra, client_secret)
         if not token.refresh_token:
-            print(
-                "error: the provider returned no refresh token (did you request offline_access?)",
-                file=sys.stderr,
+            raise CommandError(
+                "the provider returned no refresh token (did you request offline_access?)"
             )
-            return 1
-        data = {args.client_id_key: creds.client_id, args.refresh_token_key: token.refresh_token}
+        data = {keys.client_id: creds.client_id, keys.refresh_token: token.refresh_token}
         if client_secret:
-            data[args.client_secret_key] = client_secret
+            data[keys.client_secret] = client_secret
         try:
-            await kube.upsert_secret_data(args.namespace, args.secret, encode_data(data))
+            await kube.upsert_secret_data(args.namespace, keys.secret_name, encode_data(data))
         except Exception as exc:  # whatever failed, the grant must survive
             where = keep_refresh_token(
-                args.namespace, args.secret, args.refresh_token_key, token.refresh_token
+                args.namespace, keys.secret_name, keys.refresh_token, token.refresh_token
             )
-            print(
-                f"error: the login succeeded but Secret {args.namespace}/{args.secret} could "
-                f"not be written ({exc}); {where}",
-                file=sys.stderr,
-            )
-            return 1
+            raise CommandError(
+                f"the login succeeded but Secret {args.namespace}/{keys.secret_name} could "
+                f"not be written ({exc}); {where}"
+            ) from None
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OAuthError as exc:
+        print(f"error: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
     finally:
-        await kube.close()
+        if kube is not None:
+            await kube.close()
     print(
         f"stored a refresh token for client {args.client_id} in Secret "
-        f"{args.namespace}/{args.secret}",
+        f"{args.namespace}/{keys.secret_name}",
         file=sys.stderr,
     )
     return 0
 
 
+def _tls(args: argparse.Namespace, source: Source | None) -> Any:
+    """httpx's verify: the system's trust store (True), or a context with --ca-file's or
+    the source's CA bundle and the client certificate."""
+    ca_pem = source.ca_pem if source else None
+    if not (args.ca_file or ca_pem or args.client_certificate_file):
+        return True
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=args.ca_file, cadata=ca_pem)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        where = f"--ca-file {args.ca_file}"
+        if source is not None:
+            where = f"the CA bundle of {source.origin.removeprefix('spec.issuer of ')}"
+        raise CommandError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
+    if args.client_certificate_file:
+        try:
+            certificate = Path(args.client_certificate_file).read_text()
+            key = Path(args.client_key_file).read_text()
+            load_client_certificate(context, certificate, key)
+        except (OSError, OAuthError) as exc:
+            raise CommandError(f"client certificate: {exc}") from None
+    return context
+
+
 async def _login(
     args: argparse.Namespace,
+    source: Source,
     policy: EndpointPolicy,
     verify: Any,
     extra: dict[str, str],
-    auth: ClientAuth,
     client_secret: str | None,
 ) -> tuple[Token, Credentials]:
     """Discovery, the browser, and the code exchange."""
-    await check_endpoint(args.issuer, policy)
+    await check_endpoint(source.issuer, policy)
     async with httpx.AsyncClient(verify=verify, timeout=30.0) as http:
-        document = await _discover(http, args.issuer)
+        document = await _discover(http, source.issuer, source.origin)
         token_endpoint = document["token_endpoint"]
         await check_endpoint(token_endpoint, policy)
-        code, redirect_uri, verifier = await _authorize(args, document, extra)
+        code, redirect_uri, verifier = await _authorize(args, document, source.scopes, extra)
         creds = Credentials(args.client_id, client_secret)
-        form, headers = client_authentication(auth, creds, token_endpoint, 0.0)
+        form, headers = client_authentication(source.client_auth, creds, token_endpoint, 0.0)
         form.update(
             grant_type="authorization_code",
             code=code,
@@ -288,7 +326,10 @@ async def _login(
 
 
 async def _authorize(
-    args: argparse.Namespace, document: dict[str, Any], extra: dict[str, str]
+    args: argparse.Namespace,
+    document: dict[str, Any],
+    scopes: tuple[str, ...],
+    extra: dict[str, str],
 ) -> tuple[str, str, str]:
     callback = _Callback()
     server = await asyncio.start_server(callback.handle, "127.0.0.1", args.port)
@@ -300,7 +341,7 @@ async def _authorize(
         document["authorization_endpoint"],
         args.client_id,
         redirect_uri,
-        args.scope,
+        list(scopes),
         state,
         challenge,
         extra,

@@ -264,7 +264,25 @@ async def resolve(
     endpoint = spec.request.endpoint
     if endpoint.provider is None:
         return spec
-    kind, name, namespace = endpoint.provider_kind, endpoint.provider, spec.key.namespace
+    provider = await provider_for(
+        api, endpoint.provider_kind, endpoint.provider, spec.key.namespace, home
+    )
+    return applied(provider, spec)
+
+
+async def provider_for(
+    api: ProviderAPI | None,
+    kind: str,
+    name: str,
+    namespace: str,
+    home: str | None,
+    named_by: str = "spec.providerRef",
+) -> Provider:
+    """The provider `kind` `name` as it serves clients of `namespace` (an OAuthProvider: the
+    one there): read, parsed and checked to serve that namespace, or an OAuthError
+    (ProviderNotFound, ProviderInvalid, ProviderNotAllowed). `named_by`: what named it, for
+    the messages."""
+    ref = f"{kind} {name}"
     cluster = kind == CLUSTER_PROVIDER_KIND
     body = (
         None
@@ -278,14 +296,12 @@ async def resolve(
         raise OAuthError(
             Outcome.TRANSIENT,  # created later: the provider watch wakes its clients
             reasons.PROVIDER_NOT_FOUND,
-            f"{endpoint.provider_ref} (spec.providerRef) not found{where}",
+            f"{ref} ({named_by}) not found{where}",
         )
     try:
         provider = parse_provider(body, kind, home)
     except ProviderSpecError as exc:
-        raise OAuthError(
-            Outcome.NEEDS_HUMAN, reasons.PROVIDER_INVALID, f"{endpoint.provider_ref}: {exc}"
-        ) from None
+        raise OAuthError(Outcome.NEEDS_HUMAN, reasons.PROVIDER_INVALID, f"{ref}: {exc}") from None
     labels: Mapping[str, str] | None = None
     if not serves(provider, namespace, None) and provider.selector is not None and api:
         labels = await api.namespace_labels(namespace)
@@ -294,4 +310,4 @@ async def resolve(
             f"{provider.ref} does not list namespace {namespace} in spec.namespaces"
             + (" nor select it by spec.namespaceSelector" if provider.selector else "")
         )
-    return applied(provider, spec)
+    return provider
