@@ -115,16 +115,8 @@ async def read_inputs(
         creds = replace(creds, subject_token=subject)
     ca_pem = spec.provider_ca.pem if spec.provider_ca else None
     if ca_source := spec.ca_secret():
-        ca_ns, ca_name, ca_key = ca_source
-        ca_pem = decode_data(await api.get_secret(ca_ns, ca_name)).get(ca_key)
-        if not ca_pem:
-            where = f" (namespace {ca_ns}, of {spec.request.endpoint.provider_ref})"
-            raise OAuthError(
-                Outcome.NEEDS_HUMAN,
-                reasons.INVALID_CA_BUNDLE,
-                f"CA bundle Secret {ca_name}{where if ca_ns != ns else ''} not found or has no "
-                f"key {ca_key!r}",
-            )
+        where = f" (namespace {ca_source[0]}, of {spec.request.endpoint.provider_ref})"
+        ca_pem = await read_ca_bundle(api, ca_source, where if ca_source[0] != ns else "")
     values: dict[str, str] = {}
     if spec.output.templates:
         config_map = None
@@ -133,6 +125,21 @@ async def read_inputs(
         values = template_values(spec, config_map)
     check_output(spec, values)
     return Inputs(secret, creds, ca_pem, values, tls_secret)
+
+
+async def read_ca_bundle(api: SecretAPI, source: tuple[str, str, str], where: str = "") -> str:
+    """The PEM under a key of a CA bundle Secret, source (namespace, name, key); `where`
+    follows the name in the message. The client's run and its provider's status read it
+    alike."""
+    ca_ns, ca_name, ca_key = source
+    ca_pem = decode_data(await api.get_secret(ca_ns, ca_name)).get(ca_key)
+    if not ca_pem:
+        raise OAuthError(
+            Outcome.NEEDS_HUMAN,
+            reasons.INVALID_CA_BUNDLE,
+            f"CA bundle Secret {ca_name}{where} not found or has no key {ca_key!r}",
+        )
+    return ca_pem
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -19,10 +19,12 @@ from .config import Peering, Settings
 from .kube import Kube, KubeError
 from .oauth import TokenClient
 from .peering import follow
+from .provider_watch import ProviderMonitor
+from .providers import PLURALS
 from .refresh import Refresher
 from .secret_feed import SecretFeed
 from .secret_lists import SecretLists
-from .spec import API_GROUP, API_VERSION, PLURAL, ObjectKey
+from .spec import API_GROUP, API_VERSION, KIND, PLURAL, PROVIDER_KIND, ObjectKey
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ CLOSE_TIMEOUT = 5.0
 # and how long to give kopf once there are some.
 CRD_POLL = 2.0
 CRD_GRACE = 6.0
+# The operator's CRDs by name, and their kinds.
+_CRDS = {f"{plural}.{API_GROUP}": kind for kind, plural in ((KIND, PLURAL), *PLURALS.items())}
 
 
 def registry_for(
@@ -55,10 +59,22 @@ def registry_for(
     async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings, operator_settings.selector)
         kube = await Kube.connect()
-        memo.refresher = Refresher(
-            kube, TokenClient(operator_settings.endpoint_policy), operator_settings
-        )
+        tokens = TokenClient(operator_settings.endpoint_policy)
+        memo.refresher = Refresher(kube, tokens, operator_settings)
         memo.scheduler = asyncio.create_task(memo.refresher.scheduler.run(), name="scheduler")
+        # Providers' status, and their changes to their clients (provider_watch).
+        memo.providers = ProviderMonitor(
+            kube,
+            memo.refresher.secrets,
+            tokens,
+            operator_settings,
+            memo.refresher.wake_provider_clients,
+            memo.refresher.release_secret,
+        )
+        memo.refresher.follower = memo.providers
+        memo.provider_checks = asyncio.create_task(
+            memo.providers.scheduler.run(), name="provider checks"
+        )
         # Secrets are watched outside kopf (see secret_watch, secret_feed), starting before
         # kopf watches OAuthClients, so that most first runs find their Secrets in memory.
         # Each watch holds a connection for good: their own pool, so that any number of
@@ -83,15 +99,23 @@ def registry_for(
             memo.crd_waiter = asyncio.create_task(
                 _serve_once_installed(kube, operator_settings, memo, start_over)
             )
+        memo.provider_events = dict.fromkeys(PLURALS, 0)
+        memo.provider_waiters = [
+            wait_for_provider_crd(memo, kind)
+            for kind in await _providers_not_served(kube, operator_settings.namespaces)
+        ]
         if peering := operator_settings.peering:
             # Before kopf starts its peering keepalive, which only patches the object.
             await kube.ensure_peerings(peering.name, operator_settings.namespaces)
-            memo.follower = asyncio.create_task(follow_peering(kube, memo.refresher, peering))
+            memo.follower = asyncio.create_task(
+                follow_peering(kube, memo.refresher, memo.providers, peering)
+            )
         freeze_start_up_objects()
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(memo: kopf.Memo, **_: Any) -> None:
-        for task in (memo.follower, memo.crd_waiter, *memo.secret_watches):
+        tasks = (memo.follower, memo.crd_waiter, *memo.secret_watches, *memo.provider_waiters)
+        for task in (*tasks, memo.provider_checks):
             if task is not None:
                 task.cancel()
         memo.secret_feed.cancel()
@@ -131,16 +155,46 @@ def registry_for(
         else:
             await memo.refresher.observe(event["object"])
 
+    def on_provider(kind: str) -> None:
+        @kopf.on.event(API_GROUP, API_VERSION, PLURALS[kind], id=PLURALS[kind], registry=registry)
+        async def provider_event(
+            event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+        ) -> None:
+            memo.provider_events[kind] += 1
+            if event["type"] == "DELETED":
+                memo.providers.forget(kind, namespace, name)
+            else:
+                memo.providers.observe(kind, event["object"])
+
+    for kind in PLURALS:
+        on_provider(kind)
+
+    def wait_for_provider_crd(memo: kopf.Memo, kind: str) -> asyncio.Task[None]:
+        """kopf may not serve a provider CRD installed after it started, as for OAuthClients'
+        (see _serve_once_installed): then start over once providers of it exist."""
+        return asyncio.create_task(
+            _start_over_once_served(
+                f"{kind} CRD",
+                lambda: int(memo.provider_events[kind]),
+                _objects_exist(memo.kube, kind, operator_settings.namespaces),
+                start_over,
+            )
+        )
+
     @kopf.on.event(
         "apiextensions.k8s.io",
         "v1",
         "customresourcedefinitions",
         id="crd",
         registry=registry,
-        when=lambda name, **_: name == f"{PLURAL}.{API_GROUP}",
+        when=lambda name, **_: name in _CRDS,
     )
-    async def crd_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        if event["type"] == "DELETED" and memo.crd_waiter is None:
+    async def crd_event(event: kopf.RawEvent, name: str, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED" and _CRDS[name] != KIND:
+            kind = _CRDS[name]
+            memo.provider_events[kind] = 0
+            memo.provider_waiters.append(wait_for_provider_crd(memo, kind))
+        elif event["type"] == "DELETED" and memo.crd_waiter is None:
             # Installed again later, it may not be served (see _serve_once_installed).
             memo.oauthclient_events = 0
             memo.crd_waiter = asyncio.create_task(
@@ -162,7 +216,9 @@ def freeze_start_up_objects() -> None:
         gc.freeze()
 
 
-async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> None:
+async def follow_peering(
+    kube: Kube, refresher: Refresher, providers: ProviderMonitor, peering: Peering
+) -> None:
     namespaces = refresher.settings.namespaces
 
     async def on_change(acting: bool) -> None:
@@ -171,6 +227,7 @@ async def follow_peering(kube: Kube, refresher: Refresher, peering: Peering) -> 
             await refresher.take_over(await kube.list_oauthclients(namespaces, selector))
         else:
             refresher.stand_by()
+            providers.stand_by()  # kopf lists them again when this replica acts again
 
     await follow(
         lambda: kube.get_peerings(peering.name, namespaces),
@@ -198,6 +255,64 @@ async def _say_whether_served(kube: Kube, namespaces: tuple[str, ...], selector:
     return served
 
 
+async def _providers_not_served(kube: Kube, namespaces: tuple[str, ...]) -> list[str]:
+    """The provider kinds whose CRD is not installed (an install of deploy/crd.yaml alone),
+    said once: OAuthClients with an inline issuer work, those naming such a provider say
+    ProviderNotFound, until it is installed."""
+    missing = []
+    for kind in PLURALS:
+        try:
+            served = await _objects_exist(kube, kind, namespaces[:1])()
+        except KubeError as exc:
+            log.debug("could not tell whether the %s CRD is installed: %s", kind, exc)
+            continue
+        if served is None:
+            missing.append(kind)
+    if missing:
+        log.warning(
+            "the %s CRD%s not installed: OAuthClients whose spec.providerRef names one say "
+            "ProviderNotFound until it is (kubectl apply -f deploy/crd-providers.yaml); "
+            "inline issuers and token endpoints are not affected",
+            " and ".join(missing),
+            "s are" if len(missing) > 1 else " is",
+        )
+    return missing
+
+
+def _objects_exist(
+    kube: Kube, kind: str, namespaces: tuple[str, ...]
+) -> Callable[[], Awaitable[bool | None]]:
+    resource = (API_GROUP, API_VERSION, PLURALS[kind])
+    scopes: tuple[str | None, ...] = (namespaces or (None,)) if kind == PROVIDER_KIND else (None,)
+    return lambda: kube.any_objects(resource, scopes)
+
+
+async def _start_over_once_served(
+    what: str,
+    events: Callable[[], int],
+    exist: Callable[[], Awaitable[bool | None]],
+    start_over: Callable[[], None],
+) -> None:
+    """While a CRD was missing at start: once objects of it exist and no event about any
+    came within a grace period, start kopf over (see _serve_once_installed). Ends when kopf
+    brings an event."""
+    waiting_since: float | None = None
+    while events() == 0:
+        await asyncio.sleep(CRD_POLL)
+        try:
+            found = await exist()
+        except KubeError:
+            continue
+        if not found:
+            waiting_since = None
+        elif waiting_since is None:
+            waiting_since = time.monotonic()
+        elif events() == 0 and time.monotonic() - waiting_since > CRD_GRACE:
+            log.warning("the %s is installed now but kopf does not serve it: starting over", what)
+            start_over()
+            return
+
+
 async def _serve_once_installed(
     kube: Kube, settings: Settings, memo: kopf.Memo, start_over: Callable[[], None]
 ) -> None:
@@ -207,23 +322,12 @@ async def _serve_once_installed(
     was deleted: once OAuthClients exist and no event about any reached us within a grace
     period, start kopf over; its start-up scan then finds the CRD. Ends when kopf brings an
     event."""
-    waiting_since: float | None = None
-    while memo.oauthclient_events == 0:
-        await asyncio.sleep(CRD_POLL)
-        try:
-            exist = await kube.any_oauthclients(settings.namespaces, settings.selector)
-        except KubeError:
-            continue
-        if not exist:
-            waiting_since = None
-        elif waiting_since is None:
-            waiting_since = time.monotonic()
-        elif memo.oauthclient_events == 0 and time.monotonic() - waiting_since > CRD_GRACE:
-            log.warning(
-                "the OAuthClient CRD is installed now but kopf does not serve it: starting over"
-            )
-            start_over()
-            return
+    await _start_over_once_served(
+        "OAuthClient CRD",
+        lambda: int(memo.oauthclient_events),
+        lambda: kube.any_oauthclients(settings.namespaces, settings.selector),
+        start_over,
+    )
     memo.crd_waiter = None
 
 

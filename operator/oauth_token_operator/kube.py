@@ -321,7 +321,7 @@ class Kube:
         for namespace in namespaces or (None,):
             token = None
             while True:
-                page = await self._oauthclient_page(namespace, selector, 500, token)
+                page = await self._page(OAUTHCLIENTS, namespace, selector, 500, token)
                 if page is None:
                     return []
                 items.extend(page.get("items") or ())
@@ -333,20 +333,39 @@ class Kube:
     async def any_oauthclients(self, namespaces: tuple[str, ...], selector: str = "") -> bool:
         """Whether one OAuthClient at least exists there (one-item pages, not a full list)."""
         for namespace in namespaces or (None,):
-            page = await self._oauthclient_page(namespace, selector, 1)
+            page = await self._page(OAUTHCLIENTS, namespace, selector, 1)
             if page is not None and page.get("items"):
+                return True
+        return False
+
+    async def any_objects(
+        self, resource: Resource, namespaces: tuple[str | None, ...]
+    ) -> bool | None:
+        """Whether one object of a kind at least exists in these namespaces (None: all, or
+        a cluster-scoped kind), in one-item pages; None while its CRD is not installed."""
+        for namespace in namespaces:
+            page = await self._page(resource, namespace, "", 1)
+            if page is None:
+                return None
+            if page.get("items"):
                 return True
         return False
 
     async def oauthclients_served(self, namespaces: tuple[str, ...], selector: str = "") -> bool:
         """Whether the API serves OAuthClients, i.e. the CRD is installed. A selector the
         API server cannot parse raises (HTTP 400)."""
-        return await self._oauthclient_page((*namespaces, None)[0], selector, 1) is not None
+        page = await self._page(OAUTHCLIENTS, (*namespaces, None)[0], selector, 1)
+        return page is not None
 
-    async def _oauthclient_page(
-        self, namespace: str | None, selector: str, limit: int, token: str | None = None
+    async def _page(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        selector: str,
+        limit: int,
+        token: str | None = None,
     ) -> dict[str, Any] | None:
-        """One page of a LIST of OAuthClients; None while the CRD is not installed."""
+        """One page of a LIST (OAuthClients, ...); None while the CRD is not installed."""
         more: dict[str, str] = {}
         if token:
             more["_continue"] = token
@@ -354,7 +373,7 @@ class Kube:
             more["label_selector"] = selector
         try:
             page: dict[str, Any] = await _json(
-                self._custom_object("list", OAUTHCLIENTS, namespace, limit=limit, **more)
+                self._custom_object("list", resource, namespace, limit=limit, **more)
             )
         except KubeError as exc:
             if exc.kind_missing:
@@ -442,6 +461,24 @@ class Kube:
                 _content_type="application/merge-patch+json",
             )
         )
+
+    async def patch_object_status(
+        self, resource: Resource, namespace: str | None, name: str, status: dict[str, Any]
+    ) -> None:
+        """A merge patch of a custom object's status (a provider's); namespace None:
+        cluster-scoped."""
+        group, version, plural = resource
+        body = {"status": status}
+        merge = {"_preload_content": False, "_content_type": "application/merge-patch+json"}
+        if namespace is None:
+            call = self._custom.patch_cluster_custom_object_status(
+                group, version, plural, name, body, **merge
+            )
+        else:
+            call = self._custom.patch_namespaced_custom_object_status(
+                group, version, namespace, plural, name, body, **merge
+            )
+        await _body(call)
 
     async def post_event(
         self, key: ObjectKey, uid: str, type_: str, reason: str, message: str

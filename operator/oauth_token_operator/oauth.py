@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import reasons
 from .proxies import proxy_for
-from .spec import ClientAuth, GrantType, TokenRequest
+from .spec import ClientAuth, Endpoint, GrantType, TokenRequest
 
 # Bounds on what a provider can make the operator do or store (README: "Bounds").
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -469,6 +469,30 @@ async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class _Discovered:
+    """A discovery document's answer, and what it was fetched for."""
+
+    expires: float
+    issuer: str
+    ca: str  # _ca_digest of the CA bundle it was fetched with
+    token_endpoint: str
+    mtls_alias: str  # RFC 8705's mtls_endpoint_aliases.token_endpoint, or ""
+
+
+def _ca_digest(ca_pem: str | None) -> str:
+    return hashlib.sha256(ca_pem.encode()).hexdigest()[:32] if ca_pem else ""
+
+
+def discovery_key(endpoint: Endpoint, ca_pem: str | None) -> tuple[str, str, str]:
+    """Where a discovery document is cached: one entry per provider (kind, namespace, name),
+    whatever its issuer and CA become, so that an edit replaces the entry instead of leaving
+    one behind; one per issuer and CA bundle for an inline issuer."""
+    if endpoint.provider:
+        return (endpoint.provider_kind, endpoint.provider_namespace or "", endpoint.provider)
+    return ("", endpoint.issuer or "", _ca_digest(ca_pem))
+
+
 def _default_trust() -> ssl.SSLContext:
     """The trust store for providers without a CA bundle: SSL_CERT_FILE or SSL_CERT_DIR when
     set, else certifi's (what the operator trusted when it spoke through httpx)."""
@@ -498,8 +522,9 @@ class TokenClient:
         # replaces the pool of the old one instead of adding to them.
         self._certificate_pools: dict[tuple[str, str], str] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        # (issuer, CA) -> (expiry, token endpoint, RFC 8705 mTLS alias or "")
-        self._discovery: dict[tuple[str, str], tuple[float, str, str]] = {}
+        # discovery_key() -> the document's answer; used while unexpired and fetched for the
+        # same issuer and CA bundle as asked for now.
+        self._discovery: dict[tuple[str, str, str], _Discovered] = {}
         # scheme://host:port -> the environment's proxy for it (proxies.proxy_for), once.
         self._proxies: dict[str, tuple[str | None, dict[str, str]]] = {}
 
@@ -614,14 +639,55 @@ class TokenClient:
         endpoint = request.endpoint
         if endpoint.token_endpoint:
             return endpoint.token_endpoint
+        cached = self._discovery.get(discovery_key(endpoint, ca_pem))
+        if (
+            cached is None
+            or cached.expires <= self._clock()
+            or (cached.issuer, cached.ca) != (endpoint.issuer, _ca_digest(ca_pem))
+        ):
+            cached = await self._fetch_discovery(endpoint, ca_pem)
+        return (mutual_tls and cached.mtls_alias) or cached.token_endpoint
+
+    async def _fetch_discovery(self, endpoint: Endpoint, ca_pem: str | None) -> _Discovered:
+        """A fresh discovery document, cached; a failure drops the entry it would replace."""
         assert endpoint.issuer is not None
-        cache_key = (endpoint.issuer, ca_pem or "")
-        cached = self._discovery.get(cache_key)
-        if not cached or cached[0] <= self._clock():
+        key = discovery_key(endpoint, ca_pem)
+        try:
             url, alias = await self._discover(endpoint.issuer, ca_pem)
-            cached = (self._clock() + DISCOVERY_TTL, url, alias)
-            self._discovery[cache_key] = cached
-        return (mutual_tls and cached[2]) or cached[1]
+        except OAuthError:
+            self._discovery.pop(key, None)
+            raise
+        found = _Discovered(
+            self._clock() + DISCOVERY_TTL, endpoint.issuer, _ca_digest(ca_pem), url, alias
+        )
+        self._discovery[key] = found
+        return found
+
+    async def check_provider(self, endpoint: Endpoint, ca_pem: str | None) -> str:
+        """For a provider's status: the token endpoint its clients would use, found the way
+        they find it (the same trust store, endpoint policy and issuer check), or raises the
+        OAuthError they would get. Discovery is fetched afresh and cached for the clients;
+        spec.tokenEndpoint is taken as given (its CA bundle parsed, the policy checked), as
+        nothing can be asked of a token endpoint without credentials. Sends no credential."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                if endpoint.token_endpoint:
+                    self._http(ca_pem)  # the clients' pool: a bad CA bundle is refused here
+                    url = endpoint.token_endpoint
+                else:
+                    url = (await self._fetch_discovery(endpoint, ca_pem)).token_endpoint
+                await check_endpoint(url, self.policy)
+        except TimeoutError:
+            raise OAuthError(
+                Outcome.TRANSIENT,
+                reasons.PROVIDER_UNREACHABLE,
+                f"the discovery document did not come within {self.deadline:.0f}s",
+            ) from None
+        return url
+
+    def forget_provider(self, kind: str, namespace: str | None, name: str) -> None:
+        """The provider changed or is gone: its clients discover afresh."""
+        self._discovery.pop((kind, namespace or "", name), None)
 
     async def _discover(self, issuer: str, ca_pem: str | None) -> tuple[str, str]:
         http = self._http(ca_pem)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from .oauth import Credentials, Token
-from .spec import ObjectKey, TokenRequest
+from .spec import Endpoint, ObjectKey, TokenRequest
 
 
 class SecretAPI(Protocol):
@@ -79,6 +79,26 @@ class ProviderAPI(Protocol):
     async def namespace_labels(self, name: str) -> dict[str, str]:
         """The namespace's labels; empty if it does not exist."""
         ...
+
+
+class ProviderStatusAPI(Protocol):
+    async def patch_object_status(
+        self,
+        resource: tuple[str, str, str],
+        namespace: str | None,
+        name: str,
+        status: dict[str, Any],
+    ) -> None:
+        """A merge patch of a custom object's status; resource is (group, version, plural)."""
+        ...
+
+
+class DiscoveryAPI(Protocol):
+    """What a provider's status needs of the token client (oauth.TokenClient)."""
+
+    async def check_provider(self, endpoint: Endpoint, ca_pem: str | None) -> str: ...
+
+    def forget_provider(self, kind: str, namespace: str | None, name: str) -> None: ...
 
 
 class ServiceAccountAPI(Protocol):

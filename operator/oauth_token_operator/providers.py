@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import reasons
+from .kube import KubeError
 from .oauth import OAuthError, Outcome
 from .ports import ProviderAPI
 from .spec import (
@@ -196,6 +197,7 @@ def parse_provider(body: Mapping[str, Any], kind: str, home: str | None) -> Prov
             token_endpoint=token_endpoint or None,
             provider=name,
             provider_kind=kind,
+            provider_namespace=None if cluster else str(meta.get("namespace") or ""),
         ),
         ca=_ca(spec.get("tls"), kind, home if cluster else meta.get("namespace")),
         default_auth=ClientAuth(default_auth) if default_auth else None,
@@ -284,13 +286,23 @@ async def provider_for(
     the messages."""
     ref = f"{kind} {name}"
     cluster = kind == CLUSTER_PROVIDER_KIND
-    body = (
-        None
-        if api is None
-        else await api.get_object(
-            API_GROUP, API_VERSION, PLURALS[kind], None if cluster else namespace, name
+    try:
+        body = (
+            None
+            if api is None
+            else await api.get_object(
+                API_GROUP, API_VERSION, PLURALS[kind], None if cluster else namespace, name
+            )
         )
-    )
+    except KubeError as exc:
+        if not exc.kind_missing:
+            raise
+        raise OAuthError(
+            Outcome.TRANSIENT,  # installed later: its providers' events wake their clients
+            reasons.PROVIDER_NOT_FOUND,
+            f"{endpoint.provider_ref} (spec.providerRef): the {kind} CRD is not installed "
+            "(kubectl apply -f deploy/crd-providers.yaml, or the chart's crds/)",
+        ) from None
     if body is None:
         where = "" if cluster else f" in namespace {namespace}"
         raise OAuthError(

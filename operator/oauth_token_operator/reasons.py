@@ -7,6 +7,14 @@ from __future__ import annotations
 TOKEN_ISSUED = "TokenIssued"
 REFRESH_RETRYING = "RefreshRetrying"  # the last refresh failed; the token in place is valid
 
+# A provider's own Ready=True (ClusterOAuthProvider, OAuthProvider; provider_status.py): its
+# discovery document was fetched and named its issuer, or (spec.tokenEndpoint) it is used as
+# given. Ready=False carries the reason its clients would get (ProviderInvalid,
+# DiscoveryFailed, TLSVerificationFailed, InvalidCABundle, EndpointNotAllowed,
+# ProviderUnreachable, ...).
+DISCOVERY_FETCHED = "DiscoveryFetched"
+TOKEN_ENDPOINT_CONFIGURED = "TokenEndpointConfigured"
+
 # The OAuthClient or its Secrets, as written, cannot work: a person must act.
 INVALID_SPEC = "InvalidSpec"
 SECRET_NOT_OWNED = "SecretNotOwned"

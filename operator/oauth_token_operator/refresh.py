@@ -12,7 +12,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Protocol
 
 from . import custody, metrics, reasons, schedule, status
 from .config import Settings
@@ -36,6 +36,15 @@ from .spec import ObjectKey, SpecError, parse
 from .wire import parse_rfc3339
 
 log = logging.getLogger(__name__)
+
+
+class SecretFollower(Protocol):
+    """Another part that follows some Secrets (provider_watch: providers' CA bundles): they
+    are kept in memory as the clients' are, and their changes are told to it."""
+
+    def follows(self, namespace: str, name: str) -> bool: ...
+
+    def secret_changed(self, namespace: str, name: str) -> None: ...
 
 
 class Refresher:
@@ -70,6 +79,7 @@ class Refresher:
         self.scheduler = schedule.Scheduler(
             self._run, settings.concurrency, clock, metrics.RUN_START_DELAY_SECONDS.observe
         )
+        self.follower: SecretFollower | None = None
 
     async def observe(self, body: dict[str, Any]) -> None:
         """An OAuthClient was added or modified (including our own status patches)."""
@@ -93,6 +103,8 @@ class Refresher:
                 grant_invalid_since=parse_rfc3339(previous.get("grantInvalidSince")),
                 resumed=resumed,
             )
+            if state.failures and state.condition is not None:
+                state.failure_reason = state.condition.reason
         try:
             spec = parse(body)
         except SpecError as exc:
@@ -154,6 +166,8 @@ class Refresher:
         if owner is not None and secret is not None:
             self._note_drift(owner, namespace, name, secret)
         self.secrets.noted(namespace, name, secret)
+        if self.follower is not None and self.follower.follows(namespace, name):
+            self.follower.secret_changed(namespace, name)
         for key in self._readers.get((namespace, name), ()):
             state = self.clients[key]
             if state.spec is None or state.credentials_fingerprint is None:
@@ -186,6 +200,36 @@ class Refresher:
             log.info("output secret %s/%s was deleted; refreshing %s", namespace, name, owner)
             self.clients[owner].force = True
             self.scheduler.schedule_now(owner)
+
+    def wake_provider_clients(
+        self, kind: str, namespace: str | None, name: str, failing: frozenset[str] | None
+    ) -> int:
+        """The OAuthClients whose spec.providerRef names this provider (namespace: an
+        OAuthProvider's) run now: all of them (failing None), or those failing with one of
+        these reasons. A failing one exchanges even with a valid token in place, as after a
+        spec change; the others exchange only if the provider changed what they send (their
+        spec hash). Returns how many. A scan of every client: provider events are rare."""
+        woken = 0
+        for key, state in self.clients.items():
+            spec = state.spec
+            if spec is None or spec.request.endpoint.provider != name:
+                continue
+            if spec.request.endpoint.provider_kind != kind:
+                continue
+            if namespace is not None and key.namespace != namespace:
+                continue
+            if failing is not None and not (state.failures and state.failure_reason in failing):
+                continue
+            if state.failures:
+                state.force = True
+            self.scheduler.schedule_now(key)
+            woken += 1
+        return woken
+
+    def release_secret(self, namespace: str, name: str) -> None:
+        """The follower follows this Secret no more: dropped from memory unless a client
+        uses it."""
+        self._drop_untracked(namespace, name)
 
     def _note_drift(
         self, owner: ObjectKey, namespace: str, name: str, seen: dict[str, Any]
@@ -258,8 +302,11 @@ class Refresher:
         return samples
 
     def _tracked(self, namespace: str, name: str) -> bool:
-        """A Secret some client reads or writes: the ones kept in memory."""
-        return (namespace, name) in self._readers or (namespace, name) in self._owners
+        """A Secret some client reads or writes, or the follower follows: the ones kept in
+        memory."""
+        if (namespace, name) in self._readers or (namespace, name) in self._owners:
+            return True
+        return self.follower is not None and self.follower.follows(namespace, name)
 
     def _unindex(self, key: ObjectKey) -> None:
         state = self.clients.get(key)

@@ -80,6 +80,9 @@ class ClientState:
     last_repair: float | None = None
     # The last run failed because the Kubernetes API did not do its part.
     api_failing: bool = False
+    # The reason of the last failure ("" after a success): a provider's change runs the
+    # clients that failed because of it (provider_watch).
+    failure_reason: str = ""
 
 
 class Runner:
@@ -375,6 +378,7 @@ class Runner:
     ) -> None:
         state.failures = 0
         state.api_failing = False
+        state.failure_reason = ""
         state.grant_invalid_since = None
         if (
             token is None
@@ -409,6 +413,7 @@ class Runner:
         now = self.clock()
         state.failures += 1
         state.api_failing = error.reason in _API_REASONS
+        state.failure_reason = error.reason
         if error.reason == reasons.INVALID_GRANT and state.grant_invalid_since is None:
             state.grant_invalid_since = now
         retry = decide.retry_after_failure(

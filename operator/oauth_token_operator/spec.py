@@ -192,6 +192,10 @@ class Endpoint:
     # Not in the repr (so not in spec_hash): the resolved URLs are, and stay the same
     # whichever kind of provider named them.
     provider_kind: str = field(default=CLUSTER_PROVIDER_KIND, repr=False)
+    # An OAuthProvider's namespace (None for a ClusterOAuthProvider, and before providers.py
+    # resolved the reference): with kind and name, the provider's identity (its discovery
+    # cache entry). Not in the repr either.
+    provider_namespace: str | None = field(default=None, repr=False)
 
     @property
     def provider_ref(self) -> str:

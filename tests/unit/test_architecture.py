@@ -20,6 +20,7 @@ PURE = (
     "decide",
     "schedule",
     "policy",
+    "provider_status",
 )
 IO_MODULES = {"kube", "kubernetes_asyncio", "httpx", "kopf", "aiohttp"}
 

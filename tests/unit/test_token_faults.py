@@ -593,3 +593,114 @@ async def test_a_renewed_certificate_replaces_the_pool_of_the_old_one() -> None:
         assert len(tokens._clients) == 2
     finally:
         await tokens.aclose()
+
+
+# --- a provider's discovery: one cache entry per provider, and its status check -----------
+
+
+def from_provider(idp: FakeIdP, issuer: str | None = None, namespace: str = "") -> TokenRequest:
+    kind = "OAuthProvider" if namespace else "ClusterOAuthProvider"
+    endpoint = Endpoint(
+        issuer=issuer or idp.base,
+        provider="sso",
+        provider_kind=kind,
+        provider_namespace=namespace or None,
+    )
+    return TokenRequest(endpoint, GrantType.CLIENT_CREDENTIALS, ClientAuth.POST)
+
+
+def serve_discovery(idp: FakeIdP, path: str = "", token: str = "/token") -> None:
+    document = {"issuer": idp.base + path, "token_endpoint": idp.base + path + token}
+    idp.routes["GET", path + "/.well-known/openid-configuration"] = response(
+        200, json.dumps(document).encode()
+    )
+
+
+async def test_a_providers_edit_replaces_its_one_discovery_entry(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    serve_discovery(idp)
+    serve_discovery(idp, "/v2", "/t2")
+
+    def fetches() -> int:
+        return sum(r.method == "GET" for r in idp.requests)
+
+    assert await client.token_endpoint(from_provider(idp)) == idp.base + "/token"
+    # A new issuer: discovered afresh, in the same entry; nothing of the old one is left.
+    v2 = from_provider(idp, idp.base + "/v2")
+    assert await client.token_endpoint(v2) == idp.base + "/v2/t2"
+    assert (fetches(), len(client._discovery)) == (2, 1)
+    # A new CA bundle: afresh too, in the same entry.
+    ca = TestCA().cert_pem.decode()
+    assert await client.token_endpoint(v2, ca) == idp.base + "/v2/t2"
+    assert (fetches(), len(client._discovery)) == (3, 1)
+    assert await client.token_endpoint(v2, ca) == idp.base + "/v2/t2"
+    assert fetches() == 3  # cached
+    # An OAuthProvider of the same name in a namespace has an entry of its own.
+    await client.token_endpoint(from_provider(idp, namespace="ml"))
+    assert len(client._discovery) == 2
+    client.forget_provider("OAuthProvider", "ml", "sso")
+    client.forget_provider("ClusterOAuthProvider", None, "sso")
+    assert client._discovery == {}
+
+
+async def test_a_failed_discovery_leaves_no_entry_behind(idp: FakeIdP, client: TokenClient) -> None:
+    serve_discovery(idp)
+    await client.token_endpoint(from_provider(idp))
+    idp.routes["GET", "/.well-known/openid-configuration"] = response(503, b"{}")
+    with pytest.raises(OAuthError) as err:
+        await client.check_provider(from_provider(idp).endpoint, None)
+    assert err.value.reason == "DiscoveryFailed"
+    assert client._discovery == {}  # the clients find out too, at their next exchange
+
+
+async def test_a_providers_check_fetches_discovery_afresh_for_its_clients(
+    idp: FakeIdP, client: TokenClient
+) -> None:
+    serve_discovery(idp)
+    endpoint = from_provider(idp).endpoint
+    assert await client.check_provider(endpoint, None) == idp.base + "/token"
+    serve_discovery(idp, token="/moved")
+    assert await client.check_provider(endpoint, None) == idp.base + "/moved"
+    assert idp.count("GET", "/.well-known/openid-configuration") == 2
+    # The clients use what the check found, without a fetch of their own.
+    assert await client.token_endpoint(from_provider(idp)) == idp.base + "/moved"
+    assert idp.count("GET", "/.well-known/openid-configuration") == 2
+    assert all(r.method == "GET" for r in idp.requests)  # no credential, no token request
+
+
+async def test_a_providers_check_applies_the_endpoint_policy_and_calls_no_token_endpoint(
+    idp: FakeIdP,
+) -> None:
+    strict = TokenClient(EndpointPolicy())
+    try:
+        with pytest.raises(OAuthError) as err:  # discovery itself is plain http
+            await strict.check_provider(from_provider(idp).endpoint, None)
+        assert err.value.reason == "EndpointNotAllowed"
+        given = Endpoint(token_endpoint=idp.base + "/token", provider="sso")
+        with pytest.raises(OAuthError) as err:
+            await strict.check_provider(given, None)
+        assert err.value.reason == "EndpointNotAllowed"
+        https = Endpoint(token_endpoint="https://127.0.0.1:1/token", provider="sso")
+        assert await strict.check_provider(https, None) == "https://127.0.0.1:1/token"
+        with pytest.raises(OAuthError) as err:
+            await strict.check_provider(https, "not a PEM")
+        assert err.value.reason == "InvalidCABundle"
+    finally:
+        await strict.aclose()
+    assert idp.requests == []
+    # Discovery naming a plain http token endpoint: what its clients would be refused.
+    allowed_http_discovery = TokenClient(
+        EndpointPolicy(allow_http=True, allowed_hosts=frozenset({"127.0.0.1"}))
+    )
+    try:
+        document = {"issuer": idp.base, "token_endpoint": "http://elsewhere.example/token"}
+        idp.routes["GET", "/.well-known/openid-configuration"] = response(
+            200, json.dumps(document).encode()
+        )
+        with pytest.raises(OAuthError) as err:
+            await allowed_http_discovery.check_provider(from_provider(idp).endpoint, None)
+        assert err.value.reason == "EndpointNotAllowed"
+        assert "allowed hosts" in err.value.message
+    finally:
+        await allowed_http_discovery.aclose()
