@@ -300,7 +300,7 @@ async def provider_for(
         raise OAuthError(
             Outcome.TRANSIENT,  # installed later: its providers' events wake their clients
             reasons.PROVIDER_NOT_FOUND,
-            f"{endpoint.provider_ref} (spec.providerRef): the {kind} CRD is not installed "
+            f"{ref} ({named_by}): the {kind} CRD is not installed "
             "(kubectl apply -f deploy/crd-providers.yaml, or the chart's crds/)",
         ) from None
     if body is None:
