@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from oauth_token_operator.config import Settings  # noqa: E402
+from oauth_token_operator.engine.config import Settings  # noqa: E402
 
 CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
 RESULTS = REPO / "bench" / "results"

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from oauth_token_operator.cli.main import main
 
 sys.exit(main())

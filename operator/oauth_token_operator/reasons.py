@@ -7,11 +7,11 @@ from __future__ import annotations
 TOKEN_ISSUED = "TokenIssued"
 REFRESH_RETRYING = "RefreshRetrying"  # the last refresh failed; the token in place is valid
 
-# A provider's own Ready=True (ClusterOAuthProvider, OAuthProvider; provider_status.py): its
-# discovery document was fetched and named its issuer, or (spec.tokenEndpoint) it is used as
-# given. Ready=False carries the reason its clients would get (ProviderInvalid,
-# DiscoveryFailed, TLSVerificationFailed, InvalidCABundle, EndpointNotAllowed,
-# ProviderUnreachable, ...).
+# A provider's own Ready=True (ClusterOAuthProvider, OAuthProvider;
+# resource/provider_status.py): its discovery document was fetched and named its issuer, or
+# (spec.tokenEndpoint) it is used as given. Ready=False carries the reason its clients
+# would get (ProviderInvalid, DiscoveryFailed, TLSVerificationFailed, InvalidCABundle,
+# EndpointNotAllowed, ProviderUnreachable, ...).
 DISCOVERY_FETCHED = "DiscoveryFetched"
 TOKEN_ENDPOINT_CONFIGURED = "TokenEndpointConfigured"
 
@@ -33,9 +33,10 @@ SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
 SERVICE_ACCOUNT_NOT_OPTED_IN = "ServiceAccountNotOptedIn"
 AUDIENCE_NOT_ALLOWED = "AudienceNotAllowed"
 SERVICE_ACCOUNT_TOKEN_FAILED = "ServiceAccountTokenFailed"  # TokenRequest refused or failed
-# Shared tenancy (policy.py): a Secret whose values the client would send (credentials, client
-# certificate, subject token) does not list it in its allowed-clients annotation; an inline
-# issuer or token endpoint is not one the operator trusts (--trusted-endpoints).
+# Shared tenancy (resource/policy.py): a Secret whose values the client would send
+# (credentials, client certificate, subject token) does not list it in its allowed-clients
+# annotation; an inline issuer or token endpoint is not one the operator trusts
+# (--trusted-endpoints).
 SECRET_NOT_OPTED_IN = "SecretNotOptedIn"
 ENDPOINT_NOT_TRUSTED = "EndpointNotTrusted"
 # spec.providerRef: the provider does not exist, cannot be used as written, or does not

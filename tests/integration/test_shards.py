@@ -51,7 +51,7 @@ def test_two_shards_split_the_clients_and_a_relabelled_one_moves(
         ns = cluster.namespace
 
         def handled(log: str, name: str) -> bool:
-            return f"oauth_token_operator.run: {ns}/{name}:" in log
+            return f"oauth_token_operator.engine.run: {ns}/{name}:" in log
 
         assert handled(a.logs(), "a1") and handled(a.logs(), "a2")
         assert not handled(a.logs(), "b1")
@@ -66,7 +66,7 @@ def test_two_shards_split_the_clients_and_a_relabelled_one_moves(
         identity_provider.reset_stats()
         offset = len(b.logs())
         cluster.kubectl("label", "oauthclient", "a2", "shard=b", "--overwrite", "-n", ns)
-        b.wait_for_log(f"oauth_token_operator.run: {ns}/a2:", after=offset, timeout=30)
+        b.wait_for_log(f"oauth_token_operator.engine.run: {ns}/a2:", after=offset, timeout=30)
         assert (cluster.secret_data("a2-token") or {})["access_token"] == token
         assert identity_provider.stats()["tokenRequests"] == 0, json.dumps(
             identity_provider.stats()

@@ -1,65 +1,81 @@
-"""The shape of the package: data flows one way (no import cycles), and the pure modules
-stay pure (no Kubernetes client, no HTTP, no kopf), so their logic is testable as tables."""
+"""The shape of the package. The layer rule lives once, in pyproject.toml's import-linter
+contracts (layers, checked on indirect imports too, and no I/O library in the pure
+modules); scripts/test runs lint-imports. These tests show the contracts catching a wrong
+import in a copy of the package, and keep the README's list of packages and modules true."""
 
 from __future__ import annotations
 
-import ast
-import graphlib
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "oauth_token_operator"
-PURE = (
-    "wire",
-    "reasons",
-    "spec",
-    "status",
-    "secret_bodies",
-    "templates",
-    "decide",
-    "schedule",
-    "policy",
-    "provider_status",
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "operator" / "oauth_token_operator"
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint_imports(source_root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(source_root)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_package_keeps_its_contracts() -> None:
+    result = lint_imports(REPO / "operator")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "wrong_import", "contract"),
+    [
+        # An upward import, direct: the Secret bodies reaching for the run.
+        ("resource/secret_bodies.py", "from oauth_token_operator.engine import run", "Layers"),
+        # An upward import from the bottom layer to the top one.
+        ("oauth/proxies.py", "from oauth_token_operator.cli import reads", "Layers"),
+        # A pure module growing I/O.
+        ("engine/decide.py", "import aiohttp", "Pure modules"),
+        ("resource/status.py", "from oauth_token_operator.oauth import client", "Pure modules"),
+    ],
 )
-IO_MODULES = {"kube", "kubernetes_asyncio", "httpx", "kopf", "aiohttp"}
+def test_a_wrong_import_breaks_a_contract(
+    tmp_path: Path, module: str, wrong_import: str, contract: str
+) -> None:
+    copy = tmp_path / "oauth_token_operator"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / module
+    target.write_text(target.read_text() + f"\n{wrong_import}  # noqa\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0
+    broken = [line for line in result.stdout.splitlines() if line.endswith("BROKEN")]
+    assert any(line.startswith(contract) for line in broken), result.stdout[-3000:]
 
 
-def imports() -> dict[str, set[str]]:
-    """module -> what it imports (package-relative names, and top-level third-party ones)."""
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
-        found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module:
-                    found.add(node.module.split(".")[0])
-                else:
-                    found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module.split(".")[0])
-            elif isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
-        graph[path.stem] = found
-    return graph
+def design_section() -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme[readme.index("## Design") : readme.index("## Development")]
 
 
-def test_no_import_cycles() -> None:
-    graph = imports()
-    local = {module: deps & graph.keys() for module, deps in graph.items()}
-    graphlib.TopologicalSorter(local).prepare()  # raises CycleError
-
-
-@pytest.mark.parametrize("module", PURE)
-def test_pure_modules_do_no_io(module: str) -> None:
-    assert not imports()[module] & IO_MODULES
-
-
-def test_nothing_below_the_domain_imports_it() -> None:
-    """The kopf wiring and the commands are on top; nothing imports them or the run."""
-    graph = imports()
-    top = {"handlers", "cli", "tokencmd", "login", "refresh", "run"}
-    for module, deps in graph.items():
-        upward = deps & top - {module}
-        allowed = {"cli": top, "handlers": {"refresh"}, "refresh": {"run"}, "__main__": {"cli"}}
-        assert upward <= allowed.get(module, set()), f"{module} imports {upward}"
+def test_the_readme_lists_every_package_and_module() -> None:
+    """The design section names each layer package (`oauth/`) and each module in it, so
+    the list cannot drift from the tree."""
+    named = set(re.findall(r"`([a-z_]+/?)`", design_section()))
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.stem.startswith("__"):
+            continue
+        relative = path.relative_to(PACKAGE)
+        if len(relative.parts) == 2:
+            assert f"{relative.parts[0]}/" in named, f"README Design misses {relative.parts[0]}/"
+        assert path.stem in named, f"README Design misses {relative}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from oauth_token_operator.cli import build_parser, explain
-from oauth_token_operator.handlers import in_cluster_server
-from oauth_token_operator.kube import KubeError, _json
+from oauth_token_operator.app.handlers import in_cluster_server
+from oauth_token_operator.cli.main import build_parser, explain
+from oauth_token_operator.kube.client import KubeError, _json
 
 
 def test_environment_sets_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from oauth_token_operator import reasons
-from oauth_token_operator.config import Settings
-from oauth_token_operator.custody import (
+from oauth_token_operator.engine.config import Settings
+from oauth_token_operator.engine.refresh import Refresher
+from oauth_token_operator.engine.schedule import MIN_EXCHANGE_INTERVAL
+from oauth_token_operator.exchange.custody import (
     CLAIM_ANNOTATION,
     CLAIM_TTL,
     Claim,
@@ -22,11 +24,9 @@ from oauth_token_operator.custody import (
     Holder,
     claim_status,
 )
-from oauth_token_operator.oauth import Credentials, OAuthError, Outcome, Token
-from oauth_token_operator.policy import SINGLE_TENANT
-from oauth_token_operator.refresh import Refresher
-from oauth_token_operator.schedule import MIN_EXCHANGE_INTERVAL
-from oauth_token_operator.spec import ObjectKey, TokenRequest
+from oauth_token_operator.oauth.types import Credentials, OAuthError, Outcome, Token, TokenRequest
+from oauth_token_operator.resource.policy import SINGLE_TENANT
+from oauth_token_operator.resource.spec import ObjectKey
 from tests.unit.test_refresher import (
     CREDS_SECRET,
     LIFETIME,

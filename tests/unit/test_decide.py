@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from oauth_token_operator import reasons, schedule
-from oauth_token_operator.decide import (
+from oauth_token_operator import reasons
+from oauth_token_operator.engine import schedule
+from oauth_token_operator.engine.decide import (
     Exchange,
     Fail,
     Gathered,
@@ -15,9 +16,9 @@ from oauth_token_operator.decide import (
     decide,
     retry_after_failure,
 )
-from oauth_token_operator.oauth import OAuthError, Outcome
-from oauth_token_operator.secret_bodies import RecordedToken
-from oauth_token_operator.spec import parse
+from oauth_token_operator.oauth.types import OAuthError, Outcome
+from oauth_token_operator.resource.secret_bodies import RecordedToken
+from oauth_token_operator.resource.spec import parse
 
 NOW = 1_700_000_000.0
 SPEC = parse(

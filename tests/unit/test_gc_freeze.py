@@ -9,7 +9,7 @@ import sys
 
 PROGRAM = """
 import gc
-from oauth_token_operator.handlers import freeze_start_up_objects
+from oauth_token_operator.app.handlers import freeze_start_up_objects
 
 freeze_start_up_objects()
 frozen = gc.get_freeze_count()

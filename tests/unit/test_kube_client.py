@@ -14,8 +14,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from oauth_token_operator.kube import Kube, KubeError
-from oauth_token_operator.secret_lists import SecretLists
+from oauth_token_operator.kube.client import Kube, KubeError
+from oauth_token_operator.kube.secret_lists import SecretLists
 
 
 def kubeconfig(tmp_path: Path, server: str) -> str:

@@ -11,19 +11,18 @@ from typing import Any
 import pytest
 
 from oauth_token_operator import reasons
-from oauth_token_operator.cli import build_parser
-from oauth_token_operator.cli_reads import CHART_NAMESPACE, CommandError
-from oauth_token_operator.kube import KubeError
-from oauth_token_operator.login_source import Source, check_flags, source_for
-from oauth_token_operator.oauth import OAuthError
-from oauth_token_operator.providers import PLURALS
-from oauth_token_operator.spec import (
+from oauth_token_operator.cli.login_source import Source, check_flags, source_for
+from oauth_token_operator.cli.main import build_parser
+from oauth_token_operator.cli.reads import CHART_NAMESPACE, CommandError
+from oauth_token_operator.exchange.providers import PLURALS
+from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.oauth.types import (
     CLUSTER_PROVIDER_KIND,
-    PLURAL,
     PROVIDER_KIND,
     ClientAuth,
-    CredentialKeys,
+    OAuthError,
 )
+from oauth_token_operator.resource.spec import PLURAL, CredentialKeys
 from tests.unit.test_refresher import FakeKube
 from tests.unit.test_spec import body
 

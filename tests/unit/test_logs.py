@@ -11,7 +11,7 @@ from typing import cast
 import kopf
 import pytest
 
-from oauth_token_operator.logs import configure_logging
+from oauth_token_operator.app.logs import configure_logging
 
 BODY = {
     "apiVersion": "oauth.example.com/v1alpha1",
@@ -49,7 +49,7 @@ def test_json_lines_carry_the_object_and_a_zoned_timestamp(
 ) -> None:
     configure_logging("info", "json")
     _kopf_object_warning()
-    logging.getLogger("oauth_token_operator.run").info("plain")
+    logging.getLogger("oauth_token_operator.engine.run").info("plain")
     kopf_line, plain_line = (json.loads(line) for line in capsys.readouterr().err.splitlines())
     assert kopf_line["object"] == {
         "apiVersion": "oauth.example.com/v1alpha1",
@@ -63,7 +63,7 @@ def test_json_lines_carry_the_object_and_a_zoned_timestamp(
     assert kopf_line["time"].endswith("+00:00")
     assert "settings" not in kopf_line
     assert "object" not in plain_line
-    assert plain_line["logger"] == "oauth_token_operator.run"
+    assert plain_line["logger"] == "oauth_token_operator.engine.run"
 
 
 def test_json_exceptions_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

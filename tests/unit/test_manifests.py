@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from oauth_token_operator.cli import build_parser
+from oauth_token_operator.cli.main import build_parser
 from tests.helm import helm_binary
 from tests.support.cached_build import BUILD_TIMEOUT
 
@@ -554,7 +554,7 @@ def test_namespace_editors_and_viewers_get_oauthclients_through_the_default_role
 
 
 def test_no_rbac_for_owner_finalizers_the_operator_never_needs(helm: Path) -> None:
-    """Output Secrets' ownerReferences say blockOwnerDeletion: false (secret_bodies.py), so
+    """Output Secrets' ownerReferences say blockOwnerDeletion: false (resource/secret_bodies.py), so
     the operator needs no update on oauthclients/finalizers."""
     role = only(operators(render(helm)), "ClusterRole")
     assert grants(role, "oauth-token-operator.dev", "oauthclients/finalizers") == set()

@@ -15,12 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from oauth_token_operator.oauth import (
-    Credentials,
-    EndpointPolicy,
-    OAuthError,
-    Outcome,
-    Token,
+from oauth_token_operator.oauth.client import (
     build_form,
     check_endpoint,
     map_error_response,
@@ -28,7 +23,17 @@ from oauth_token_operator.oauth import (
     parse_token_response,
     redact,
 )
-from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, TokenRequest
+from oauth_token_operator.oauth.types import (
+    ClientAuth,
+    Credentials,
+    Endpoint,
+    EndpointPolicy,
+    GrantType,
+    OAuthError,
+    Outcome,
+    Token,
+    TokenRequest,
+)
 
 TOKEN_URL = "https://auth.example.com/connect/token"
 NOW = 1_700_000_000.0

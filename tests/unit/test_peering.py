@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from oauth_token_operator.peering import priority_for, should_act
+from oauth_token_operator.app.peering import priority_for, should_act
 
 NOW = 1_800_000_000.0
 ME, MY_PRIORITY = "pod-a/1a2b3c", 100

@@ -1,4 +1,4 @@
-"""policy.py: what the operator refuses for whoever writes an OAuthClient, as tables."""
+"""resource/policy.py: what the operator refuses for whoever writes an OAuthClient, as tables."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from oauth_token_operator import policy, reasons, spec
-from oauth_token_operator.cli import build_parser
-from oauth_token_operator.exchange import read_inputs
-from oauth_token_operator.oauth import OAuthError
-from oauth_token_operator.policy import (
+from oauth_token_operator import reasons
+from oauth_token_operator.cli.main import build_parser
+from oauth_token_operator.exchange.exchanger import read_inputs
+from oauth_token_operator.oauth.types import OAuthError
+from oauth_token_operator.resource import policy, spec
+from oauth_token_operator.resource.policy import (
     ALLOWED_CLIENTS_ANNOTATION,
     SERVICE_ACCOUNT_ENDPOINTS_ANNOTATION,
     SINGLE_TENANT,
@@ -22,7 +23,7 @@ from oauth_token_operator.policy import (
     secret_use_refusal,
     service_account_endpoint_refusal,
 )
-from oauth_token_operator.spec import SpecError, parse
+from oauth_token_operator.resource.spec import SpecError, parse
 from tests.unit.test_spec import body
 
 SHARED, SINGLE = Tenancy.SHARED, Tenancy.SINGLE

@@ -7,9 +7,16 @@ from random import Random
 
 import pytest
 
-from oauth_token_operator import provider_status, reasons
-from oauth_token_operator.provider_status import Found, next_check, ready, recorded, status_patch
-from oauth_token_operator.status import Condition
+from oauth_token_operator import reasons
+from oauth_token_operator.resource import provider_status
+from oauth_token_operator.resource.provider_status import (
+    Found,
+    next_check,
+    ready,
+    recorded,
+    status_patch,
+)
+from oauth_token_operator.resource.status import Condition
 from oauth_token_operator.wire import rfc3339
 
 ISSUER = "https://sso.example/realms/apps"

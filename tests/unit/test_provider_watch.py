@@ -10,23 +10,23 @@ from typing import Any, cast
 
 import pytest
 
-from oauth_token_operator import handlers, reasons
-from oauth_token_operator.config import Settings
-from oauth_token_operator.kube import Kube, KubeError
-from oauth_token_operator.oauth import OAuthError, Outcome
-from oauth_token_operator.policy import SINGLE_TENANT
-from oauth_token_operator.provider_status import FIRST_SEEN, PROVIDER_FAILURES
-from oauth_token_operator.provider_watch import ProviderMonitor
-from oauth_token_operator.providers import PLURALS, resolve
-from oauth_token_operator.refresh import Refresher
-from oauth_token_operator.spec import (
-    API_GROUP,
-    API_VERSION,
+from oauth_token_operator import reasons
+from oauth_token_operator.app import handlers
+from oauth_token_operator.app.provider_watch import ProviderMonitor
+from oauth_token_operator.engine.config import Settings
+from oauth_token_operator.engine.refresh import Refresher
+from oauth_token_operator.exchange.providers import PLURALS, resolve
+from oauth_token_operator.kube.client import Kube, KubeError
+from oauth_token_operator.oauth.types import (
     CLUSTER_PROVIDER_KIND,
     PROVIDER_KIND,
     Endpoint,
-    parse,
+    OAuthError,
+    Outcome,
 )
+from oauth_token_operator.resource.policy import SINGLE_TENANT
+from oauth_token_operator.resource.provider_status import FIRST_SEEN, PROVIDER_FAILURES
+from oauth_token_operator.resource.spec import API_GROUP, API_VERSION, parse
 from tests.unit.test_refresher import NS, Clock, FakeKube, FakeTokens, b64
 from tests.unit.test_spec import body as client_body
 

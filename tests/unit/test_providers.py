@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from oauth_token_operator import reasons
-from oauth_token_operator.oauth import OAuthError
-from oauth_token_operator.providers import (
+from oauth_token_operator.exchange.providers import (
     PLURALS,
     Provider,
     ProviderSpecError,
@@ -20,15 +19,14 @@ from oauth_token_operator.providers import (
     resolve,
     serves,
 )
-from oauth_token_operator.spec import (
+from oauth_token_operator.oauth.types import (
     CLUSTER_PROVIDER_KIND,
     PROVIDER_KIND,
     ClientAuth,
     Endpoint,
-    ProviderCA,
-    SpecError,
-    parse,
+    OAuthError,
 )
+from oauth_token_operator.resource.spec import ProviderCA, SpecError, parse
 from tests.unit.test_refresher import FakeKube
 from tests.unit.test_spec import body
 

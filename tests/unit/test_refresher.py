@@ -15,26 +15,22 @@ import pytest
 import tenacity
 from prometheus_client import REGISTRY
 
-from oauth_token_operator import decide, reasons, schedule, status
-from oauth_token_operator.config import Settings
-from oauth_token_operator.custody import CLAIM_ANNOTATION
-from oauth_token_operator.kube import UNREACHABLE, KubeError
-from oauth_token_operator.oauth import (
-    Credentials,
-    OAuthError,
-    Outcome,
-    Token,
-    parse_token_response,
-)
-from oauth_token_operator.policy import SINGLE_TENANT
-from oauth_token_operator.refresh import Refresher
-from oauth_token_operator.secret_bodies import RecordedToken, owned_by
-from oauth_token_operator.spec import (
+from oauth_token_operator import reasons
+from oauth_token_operator.engine import decide, schedule
+from oauth_token_operator.engine.config import Settings
+from oauth_token_operator.engine.refresh import Refresher
+from oauth_token_operator.exchange.custody import CLAIM_ANNOTATION
+from oauth_token_operator.kube.client import UNREACHABLE, KubeError
+from oauth_token_operator.oauth.client import parse_token_response
+from oauth_token_operator.oauth.types import Credentials, OAuthError, Outcome, Token, TokenRequest
+from oauth_token_operator.resource import status
+from oauth_token_operator.resource.policy import SINGLE_TENANT
+from oauth_token_operator.resource.secret_bodies import RecordedToken, owned_by
+from oauth_token_operator.resource.spec import (
     EXPIRES_AT_ANNOTATION,
     MANAGED_BY_LABEL,
     OWNER_LABEL,
     ObjectKey,
-    TokenRequest,
 )
 from oauth_token_operator.wire import parse_rfc3339
 
@@ -62,7 +58,7 @@ class Clock:
 
 
 class FakeKube:
-    """The Kubernetes calls refresh.py makes, over plain dicts. resourceVersion increases
+    """The Kubernetes calls engine/refresh.py makes, over plain dicts. resourceVersion increases
     on every write; a replace with a stale resourceVersion is a 409."""
 
     def __init__(self) -> None:

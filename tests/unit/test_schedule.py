@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 
 import pytest
 
-from oauth_token_operator.schedule import (
+from oauth_token_operator.engine.schedule import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     HUMAN_RETRY_BASE,
@@ -22,7 +22,7 @@ from oauth_token_operator.schedule import (
     retry_delay,
     too_short_lived,
 )
-from oauth_token_operator.spec import RefreshPolicy
+from oauth_token_operator.resource.spec import RefreshPolicy
 
 # The Scheduler tests run on a fake event-loop clock (looptime): deterministic, and as fast
 # as the work, however busy the machine.

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from oauth_token_operator import metrics
-from oauth_token_operator.secret_cache import CachedSecrets
-from oauth_token_operator.secret_feed import LABELLED, UNLABELLED, SecretFeed
-from oauth_token_operator.secret_watch import SecretWatch
-from oauth_token_operator.spec import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from oauth_token_operator.kube.secret_cache import CachedSecrets
+from oauth_token_operator.kube.secret_feed import LABELLED, UNLABELLED, SecretFeed
+from oauth_token_operator.kube.secret_watch import SecretWatch
+from oauth_token_operator.resource.spec import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from tests.unit.test_secret_watch import FakeAPI, page
 
 NS = "ns"

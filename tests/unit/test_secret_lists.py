@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from oauth_token_operator.secret_lists import METADATA_LIST, METADATA_WATCH, SecretLists
+from oauth_token_operator.kube.secret_lists import METADATA_LIST, METADATA_WATCH, SecretLists
 
 
 class Transport:

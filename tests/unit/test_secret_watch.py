@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from oauth_token_operator.kube import KubeError
-from oauth_token_operator.secret_watch import SecretWatch
+from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.secret_watch import SecretWatch
 
 
 def secret(name: str, version: str) -> dict[str, Any]:

@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from oauth_token_operator.spec import (
-    ClientAuth,
-    GrantType,
-    OAuthClientSpec,
-    SpecError,
-    parse,
-    parse_duration,
-)
+from oauth_token_operator.oauth.types import ClientAuth, GrantType
+from oauth_token_operator.resource.spec import OAuthClientSpec, SpecError, parse, parse_duration
 
 
 def body(**spec: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from oauth_token_operator.templates import (
+from oauth_token_operator.resource.templates import (
     MAX_RENDERED,
     TemplateError,
     bound,

@@ -14,19 +14,22 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from oauth_token_operator import oauth
-from oauth_token_operator.config import Settings
-from oauth_token_operator.oauth import (
+from oauth_token_operator.engine.config import Settings
+from oauth_token_operator.engine.refresh import Refresher
+from oauth_token_operator.oauth import client as oauth
+from oauth_token_operator.oauth.client import TokenClient, load_client_certificate
+from oauth_token_operator.oauth.types import (
+    ClientAuth,
     Credentials,
+    Endpoint,
     EndpointPolicy,
+    GrantType,
     OAuthError,
     Outcome,
-    TokenClient,
-    load_client_certificate,
+    TokenRequest,
 )
-from oauth_token_operator.policy import SINGLE_TENANT
-from oauth_token_operator.refresh import Refresher
-from oauth_token_operator.spec import ClientAuth, Endpoint, GrantType, ObjectKey, TokenRequest
+from oauth_token_operator.resource.policy import SINGLE_TENANT
+from oauth_token_operator.resource.spec import ObjectKey
 from tests.support.pki import TestCA
 from tests.unit.test_refresher import CREDS_SECRET, NS, FakeKube, b64, client_body
 
