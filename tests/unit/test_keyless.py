@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from oauth_token_operator import reasons
-from oauth_token_operator.oauth.client import build_form
+from oauth_token_operator.oauth.protocol import build_form
 from oauth_token_operator.oauth.types import ACCESS_TOKEN_TYPE, Credentials
 from oauth_token_operator.resource.policy import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION
 from oauth_token_operator.resource.spec import SpecError, parse

@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from oauth_token_operator.oauth.client import (
+from oauth_token_operator.oauth.guard import check_endpoint
+from oauth_token_operator.oauth.protocol import (
     build_form,
-    check_endpoint,
     map_error_response,
     parse_retry_after,
     parse_token_response,

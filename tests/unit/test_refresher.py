@@ -21,7 +21,7 @@ from oauth_token_operator.engine.config import Settings
 from oauth_token_operator.engine.refresh import Refresher
 from oauth_token_operator.exchange.custody import CLAIM_ANNOTATION
 from oauth_token_operator.kube.client import UNREACHABLE, KubeError
-from oauth_token_operator.oauth.client import parse_token_response
+from oauth_token_operator.oauth.protocol import parse_token_response
 from oauth_token_operator.oauth.types import Credentials, OAuthError, Outcome, Token, TokenRequest
 from oauth_token_operator.resource import status
 from oauth_token_operator.resource.policy import SINGLE_TENANT

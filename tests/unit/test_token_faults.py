@@ -18,6 +18,7 @@ from oauth_token_operator.engine.config import Settings
 from oauth_token_operator.engine.refresh import Refresher
 from oauth_token_operator.oauth import client as oauth
 from oauth_token_operator.oauth.client import TokenClient, load_client_certificate
+from oauth_token_operator.oauth.protocol import MAX_RESPONSE_BYTES
 from oauth_token_operator.oauth.types import (
     ClientAuth,
     Credentials,
@@ -249,12 +250,12 @@ async def test_oversized_body_is_refused_without_reading_it_all(
     idp.routes["POST", "/token"] = endless
     err = await exchange(client, direct(idp))
     assert err.reason == "MalformedResponse"
-    assert str(oauth.MAX_RESPONSE_BYTES) in err.message
-    assert sent >= oauth.MAX_RESPONSE_BYTES
+    assert str(MAX_RESPONSE_BYTES) in err.message
+    assert sent >= MAX_RESPONSE_BYTES
 
 
 async def test_declared_oversized_body_is_refused(idp: FakeIdP, client: TokenClient) -> None:
-    body = json.dumps({"access_token": "a" * (oauth.MAX_RESPONSE_BYTES + 10)}).encode()
+    body = json.dumps({"access_token": "a" * (MAX_RESPONSE_BYTES + 10)}).encode()
     idp.routes["POST", "/token"] = response(200, body)
     err = await exchange(client, direct(idp))
     assert err.reason == "MalformedResponse"

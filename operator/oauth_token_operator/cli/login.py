@@ -29,10 +29,10 @@ from oauth_token_operator.cli.login_source import (
 from oauth_token_operator.cli.reads import CommandError, add_operator_namespace
 from oauth_token_operator.cli.rescue import keep_refresh_token
 from oauth_token_operator.kube.client import Kube, default_namespace
-from oauth_token_operator.oauth.client import (
-    check_endpoint,
+from oauth_token_operator.oauth.client import load_client_certificate
+from oauth_token_operator.oauth.guard import check_endpoint
+from oauth_token_operator.oauth.protocol import (
     client_authentication,
-    load_client_certificate,
     map_error_response,
     parse_token_response,
 )

@@ -23,7 +23,8 @@ from oauth_token_operator.exchange.exchanger import Exchanger, read_inputs
 from oauth_token_operator.exchange.keyless import ServiceAccountAssertions
 from oauth_token_operator.exchange.providers import PLURALS, resolve
 from oauth_token_operator.kube.client import Kube, default_namespace
-from oauth_token_operator.oauth.client import TokenClient, jwt_claims
+from oauth_token_operator.oauth.client import TokenClient
+from oauth_token_operator.oauth.protocol import jwt_claims
 from oauth_token_operator.oauth.types import CLUSTER_PROVIDER_KIND, EndpointPolicy, OAuthError
 from oauth_token_operator.resource.spec import (
     API_GROUP,
