@@ -17,8 +17,8 @@ from oauth_token_operator.engine.decide import (
     retry_after_failure,
 )
 from oauth_token_operator.oauth.types import OAuthError, Outcome
+from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.secret_bodies import RecordedToken
-from oauth_token_operator.resource.spec import parse
 
 NOW = 1_700_000_000.0
 SPEC = parse(

@@ -12,6 +12,7 @@ from oauth_token_operator.cli.main import build_parser
 from oauth_token_operator.exchange.exchanger import read_inputs
 from oauth_token_operator.oauth.types import OAuthError
 from oauth_token_operator.resource import policy, spec
+from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.policy import (
     ALLOWED_CLIENTS_ANNOTATION,
     SERVICE_ACCOUNT_ENDPOINTS_ANNOTATION,
@@ -23,7 +24,7 @@ from oauth_token_operator.resource.policy import (
     secret_use_refusal,
     service_account_endpoint_refusal,
 )
-from oauth_token_operator.resource.spec import SpecError, parse
+from oauth_token_operator.resource.spec import SpecError
 from tests.unit.test_spec import body
 
 SHARED, SINGLE = Tenancy.SHARED, Tenancy.SINGLE

@@ -26,7 +26,8 @@ from oauth_token_operator.oauth.types import (
     Endpoint,
     OAuthError,
 )
-from oauth_token_operator.resource.spec import ProviderCA, SpecError, parse
+from oauth_token_operator.resource.parse import parse
+from oauth_token_operator.resource.spec import ProviderCA, SpecError
 from tests.unit.test_refresher import FakeKube
 from tests.unit.test_spec import body
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from oauth_token_operator.oauth.types import ClientAuth, GrantType
-from oauth_token_operator.resource.spec import OAuthClientSpec, SpecError, parse, parse_duration
+from oauth_token_operator.resource.parse import parse, parse_duration
+from oauth_token_operator.resource.spec import OAuthClientSpec, SpecError
 
 
 def body(**spec: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from oauth_token_operator.oauth.types import (
     ClientAuth,
     GrantType,
 )
+from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.spec import (
     API_GROUP,
     API_VERSION,
@@ -31,7 +32,6 @@ from oauth_token_operator.resource.spec import (
     OAuthClientSpec,
     ProviderCA,
     SpecError,
-    parse,
 )
 from oauth_token_operator.wire import decode_data
 

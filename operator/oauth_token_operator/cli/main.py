@@ -23,8 +23,9 @@ from oauth_token_operator.app.peering import priority_for
 from oauth_token_operator.engine.config import Peering, Settings
 from oauth_token_operator.kube.ports import SERVICE_ACCOUNT_NAMESPACE
 from oauth_token_operator.oauth.types import EndpointPolicy
+from oauth_token_operator.resource.parse import parse_duration
 from oauth_token_operator.resource.policy import Guard, Tenancy
-from oauth_token_operator.resource.spec import SpecError, parse_duration
+from oauth_token_operator.resource.spec import SpecError
 
 T = TypeVar("T")
 

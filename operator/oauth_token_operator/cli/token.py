@@ -26,13 +26,13 @@ from oauth_token_operator.kube.client import Kube, default_namespace
 from oauth_token_operator.oauth.client import TokenClient
 from oauth_token_operator.oauth.protocol import jwt_claims
 from oauth_token_operator.oauth.types import CLUSTER_PROVIDER_KIND, EndpointPolicy, OAuthError
+from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.spec import (
     API_GROUP,
     API_VERSION,
     PLURAL,
     OAuthClientSpec,
     SpecError,
-    parse,
 )
 from oauth_token_operator.wire import rfc3339
 

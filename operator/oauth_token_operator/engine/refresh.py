@@ -28,6 +28,7 @@ from oauth_token_operator.kube.ports import KubeAPI, TokenAPI
 from oauth_token_operator.kube.secret_cache import CachedSecrets
 from oauth_token_operator.oauth.types import OAuthError
 from oauth_token_operator.resource import status
+from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.secret_bodies import (
     credentials_from,
     fingerprint,
@@ -35,7 +36,7 @@ from oauth_token_operator.resource.secret_bodies import (
     refresh_fingerprint,
     repaired,
 )
-from oauth_token_operator.resource.spec import ObjectKey, SpecError, parse
+from oauth_token_operator.resource.spec import ObjectKey, SpecError
 from oauth_token_operator.wire import parse_rfc3339
 
 log = logging.getLogger(__name__)
