@@ -7,7 +7,8 @@ import pytest
 
 from oauth_token_operator.app.handlers import in_cluster_server
 from oauth_token_operator.cli.main import build_parser, explain
-from oauth_token_operator.kube.client import KubeError, _json
+from oauth_token_operator.kube.client import _json
+from oauth_token_operator.kube.errors import KubeError
 
 
 def test_environment_sets_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

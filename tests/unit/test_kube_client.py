@@ -14,7 +14,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from oauth_token_operator.kube.client import Kube, KubeError
+from oauth_token_operator.kube.client import Kube
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.secret_lists import SecretLists
 
 

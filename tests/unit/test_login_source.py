@@ -15,7 +15,7 @@ from oauth_token_operator.cli.login_source import Source, check_flags, source_fo
 from oauth_token_operator.cli.main import build_parser
 from oauth_token_operator.cli.reads import CHART_NAMESPACE, CommandError
 from oauth_token_operator.exchange.providers import PLURALS
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.oauth.types import (
     CLUSTER_PROVIDER_KIND,
     PROVIDER_KIND,

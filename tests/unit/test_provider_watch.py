@@ -16,7 +16,8 @@ from oauth_token_operator.app.provider_watch import ProviderMonitor
 from oauth_token_operator.engine.config import Settings
 from oauth_token_operator.engine.refresh import Refresher
 from oauth_token_operator.exchange.providers import PLURALS, resolve
-from oauth_token_operator.kube.client import Kube, KubeError
+from oauth_token_operator.kube.client import Kube
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.oauth.types import (
     CLUSTER_PROVIDER_KIND,
     PROVIDER_KIND,

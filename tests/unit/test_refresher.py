@@ -20,7 +20,7 @@ from oauth_token_operator.engine import decide, schedule
 from oauth_token_operator.engine.config import Settings
 from oauth_token_operator.engine.refresh import Refresher
 from oauth_token_operator.exchange.custody import CLAIM_ANNOTATION
-from oauth_token_operator.kube.client import UNREACHABLE, KubeError
+from oauth_token_operator.kube.errors import UNREACHABLE, KubeError
 from oauth_token_operator.oauth.protocol import parse_token_response
 from oauth_token_operator.oauth.types import Credentials, OAuthError, Outcome, Token, TokenRequest
 from oauth_token_operator.resource import status

@@ -10,7 +10,7 @@ import pytest
 
 from oauth_token_operator import reasons
 from oauth_token_operator.engine.rollout import annotation_key, token_hash
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.resource.policy import ALLOWED_CLIENTS_ANNOTATION, Tenancy
 from oauth_token_operator.resource.spec import ObjectKey
 from tests.unit.test_refresher import KEY, NAME, NS, World

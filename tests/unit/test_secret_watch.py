@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.secret_watch import SecretWatch
 
 

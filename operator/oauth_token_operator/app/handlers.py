@@ -20,7 +20,8 @@ from oauth_token_operator.app.provider_watch import ProviderMonitor
 from oauth_token_operator.engine.config import Peering, Settings
 from oauth_token_operator.engine.refresh import Refresher
 from oauth_token_operator.exchange.providers import PLURALS
-from oauth_token_operator.kube.client import Kube, KubeError
+from oauth_token_operator.kube.client import Kube
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.secret_feed import SecretFeed
 from oauth_token_operator.kube.secret_lists import SecretLists
 from oauth_token_operator.oauth.client import TokenClient

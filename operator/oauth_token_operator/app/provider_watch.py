@@ -38,7 +38,7 @@ from oauth_token_operator.exchange.providers import (
     ProviderSpecError,
     parse_provider,
 )
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import DiscoveryAPI, ProviderStatusAPI, SecretAPI
 from oauth_token_operator.oauth.types import PROVIDER_KIND, OAuthError
 from oauth_token_operator.resource import provider_status, status

@@ -282,7 +282,7 @@ def explain(exc: Exception) -> str | None:
     import httpx
     from kubernetes_asyncio.config import ConfigException
 
-    from oauth_token_operator.kube.client import KubeError
+    from oauth_token_operator.kube.errors import KubeError
 
     if isinstance(exc, ConfigException):
         missing = [

@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from oauth_token_operator.exchange import custody
 from oauth_token_operator.exchange.custody import Holder
 from oauth_token_operator.exchange.exchanger import Exchanger
 from oauth_token_operator.exchange.keyless import ServiceAccountAssertions
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import KubeAPI, TokenAPI
 from oauth_token_operator.kube.secret_cache import CachedSecrets
 from oauth_token_operator.oauth.types import OAuthError

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from oauth_token_operator import reasons
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import StatusAPI
 from oauth_token_operator.resource import status
 from oauth_token_operator.resource.spec import ObjectKey

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 from oauth_token_operator import reasons
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import StatusAPI, WorkloadAPI
 from oauth_token_operator.resource.policy import (
     ALLOWED_CLIENTS_ANNOTATION,

@@ -22,7 +22,7 @@ from oauth_token_operator.engine.rollout import Restarter
 from oauth_token_operator.exchange.custody import ClaimHeld
 from oauth_token_operator.exchange.exchanger import Exchanger, Inputs, read_inputs
 from oauth_token_operator.exchange.providers import resolve
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import ConfigMapAPI, ProviderAPI, SecretAPI, StatusAPI
 from oauth_token_operator.oauth.types import OAuthError, Outcome, Token
 from oauth_token_operator.resource import status

@@ -23,7 +23,7 @@ from typing import Any
 import tenacity
 
 from oauth_token_operator import reasons
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import SecretAPI
 from oauth_token_operator.oauth.types import OAuthError, Outcome
 from oauth_token_operator.resource.spec import API_GROUP, OAuthClientSpec

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from oauth_token_operator import metrics, reasons
 from oauth_token_operator.exchange import custody
 from oauth_token_operator.exchange.keyless import ServiceAccountAssertions
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import ConfigMapAPI, SecretAPI, TokenAPI
 from oauth_token_operator.oauth.types import Credentials, GrantType, OAuthError, Outcome, Token
 from oauth_token_operator.resource.policy import Guard

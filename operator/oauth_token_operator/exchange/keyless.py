@@ -23,7 +23,7 @@ import logging
 from typing import Any
 
 from oauth_token_operator import reasons
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import ServiceAccountAPI
 from oauth_token_operator.oauth.types import OAuthError, Outcome
 from oauth_token_operator.resource.policy import (

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from oauth_token_operator import reasons
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import ProviderAPI
 from oauth_token_operator.oauth.types import (
     CLUSTER_PROVIDER_KIND,

@@ -15,6 +15,7 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from oauth_token_operator.kube.errors import UNREACHABLE, KubeError
 from oauth_token_operator.kube.ports import SERVICE_ACCOUNT_NAMESPACE
 from oauth_token_operator.oauth.proxies import proxy_for
 from oauth_token_operator.resource.spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
@@ -22,33 +23,6 @@ from oauth_token_operator.wire import rfc3339
 
 log = logging.getLogger(__name__)
 
-
-class KubeError(Exception):
-    """An API call failed. Carries the status code and the API's short reason, never a body
-    that might echo Secret data."""
-
-    def __init__(self, status: int, message: str, kind_missing: bool = False) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        # A 404 for the URL itself, not for an object: the API (a CRD) is not installed.
-        self.kind_missing = kind_missing
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def unreachable(self) -> bool:
-        """No answer at all: refused, reset, timed out, TLS failed, a body cut off."""
-        return self.status == UNREACHABLE
-
-
-# KubeError.status when the API server gave no HTTP answer.
-UNREACHABLE = 0
 
 # What the Kubernetes client raises when the API server is down, restarting or cut off
 # mid-answer: aiohttp's errors, timeouts and socket/TLS errors (ssl.SSLError is an OSError),

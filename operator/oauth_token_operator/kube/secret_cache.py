@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from oauth_token_operator import metrics
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import SecretAPI
 from oauth_token_operator.resource.spec import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 

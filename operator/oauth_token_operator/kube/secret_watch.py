@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from oauth_token_operator.kube.client import KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import SecretWatchAPI
 
 log = logging.getLogger(__name__)
