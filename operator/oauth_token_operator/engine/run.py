@@ -15,7 +15,7 @@ from typing import Any
 import tenacity
 
 from oauth_token_operator import metrics, reasons
-from oauth_token_operator.engine import decide, schedule
+from oauth_token_operator.engine import decide, outcome, schedule
 from oauth_token_operator.engine.config import Settings
 from oauth_token_operator.engine.report import Reporter
 from oauth_token_operator.engine.rollout import Restarter
@@ -300,18 +300,8 @@ class Runner:
         if state.unpersisted_refresh_token:
             error = decide.api_failure(spec, "", holding_refresh_token=True)
             return await self._failed(spec, state, written, error, True)
-        if schedule.too_short_lived(token.issued_at, token.expires_at):
-            error = OAuthError(
-                Outcome.NEEDS_HUMAN,
-                reasons.TOKEN_TOO_SHORT_LIVED,
-                f"the provider issued a token valid for "
-                f"{max(token.expires_at - token.issued_at, 0):.0f}s (expires_in, or the JWT exp "
-                f"claim); the operator exchanges at most every "
-                f"{schedule.MIN_EXCHANGE_INTERVAL:.0f}s per client, so it would always be "
-                "expired: fix the provider's token lifetime or clock (or, for opaque tokens "
-                "without expires_in, spec.refresh.defaultLifetime)",
-            )
-            return await self._failed(spec, state, written, error, True)
+        if short := outcome.too_short_lived(token):
+            return await self._failed(spec, state, written, short, True)
         self.rollouts.token_written(spec, token.access_token)
         due = self._plan(spec, state, written)
         state.force = False
@@ -392,16 +382,7 @@ class Runner:
             == (reasons.TOKEN_ISSUED, spec.generation)
         ):
             return  # resumed with a valid token and an up-to-date status: no write at all
-        fields = status.success_fields(
-            spec.output.name,
-            issued_at,
-            expires_at,
-            due,
-            token.token_type if token else None,
-            token.scope if token else None,
-        )
-        message = f"token valid until {rfc3339(expires_at)}, next refresh at {rfc3339(due)}"
-        await self._report(spec, state, True, reasons.TOKEN_ISSUED, message, fields)
+        await self._report(spec, state, outcome.succeeded(spec, issued_at, expires_at, due, token))
 
     async def _failed(
         self,
@@ -421,37 +402,38 @@ class Runner:
         retry = decide.retry_after_failure(
             error, state.failures, recorded, now, self.settings.propagation_margin, self.rng
         )
-        message = retry.message
-        advice = status.advice_for(error.reason, spec.key.namespace, spec.credentials.secret_name)
-        if advice:
-            message = f"{message}; {advice}"
+        report = outcome.failed(
+            spec,
+            error,
+            retry,
+            state.failures,
+            output_exists,
+            had_token=recorded is not None,
+            had_status=state.condition is not None,
+            grant_invalid_since=state.grant_invalid_since,
+        )
         log.warning(
             "refresh of %s failed (%s): %s; retrying at %s",
             spec.key,
             retry.reason,
-            message,
+            report.message,
             rfc3339(retry.at),
         )
-        secret_name = spec.output.name if output_exists or recorded else None
-        if output_exists is None and state.condition is not None:
-            secret_name = spec.output.name  # unknown: leave the column as it was
-        fields = status.failure_fields(
-            state.failures, retry.at, secret_name, state.grant_invalid_since
-        )
-        await self._report(spec, state, retry.ready, retry.reason, message, fields)
+        await self._report(spec, state, report)
         return retry.at
 
     async def _report(
-        self,
-        spec: OAuthClientSpec,
-        state: ClientState,
-        ready: bool,
-        reason: str,
-        message: str,
-        fields: dict[str, Any],
+        self, spec: OAuthClientSpec, state: ClientState, report: outcome.Report
     ) -> None:
         state.condition = await self.reporter.report(
-            spec.key, spec.uid, spec.generation, state.condition, ready, reason, message, fields
+            spec.key,
+            spec.uid,
+            spec.generation,
+            state.condition,
+            report.ready,
+            report.reason,
+            report.message,
+            report.fields,
         )
 
 
