@@ -27,7 +27,7 @@ from oauth_token_operator.exchange.custody import (
 from oauth_token_operator.oauth.types import Credentials, OAuthError, Outcome, Token, TokenRequest
 from oauth_token_operator.resource.policy import SINGLE_TENANT
 from oauth_token_operator.resource.spec import ObjectKey
-from tests.unit.test_refresher import (
+from tests.unit.fakes import (
     CREDS_SECRET,
     LIFETIME,
     NS,

@@ -14,7 +14,7 @@ from oauth_token_operator.oauth.types import ACCESS_TOKEN_TYPE, Credentials
 from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.policy import SERVICE_ACCOUNT_AUDIENCES_ANNOTATION
 from oauth_token_operator.resource.spec import SpecError
-from tests.unit.test_refresher import KEY, NS, OUTPUT_SECRET, World, client_body
+from tests.unit.fakes import KEY, NS, OUTPUT_SECRET, World, client_body
 
 AUDIENCE = "https://idp.example.com/realms/apps"
 

@@ -23,7 +23,7 @@ from oauth_token_operator.oauth.types import (
     OAuthError,
 )
 from oauth_token_operator.resource.spec import PLURAL, CredentialKeys
-from tests.unit.test_refresher import FakeKube
+from tests.unit.fakes import FakeKube
 from tests.unit.test_spec import body
 
 ISSUER = "https://sso.example/realms/apps"

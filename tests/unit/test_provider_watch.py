@@ -29,7 +29,7 @@ from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.policy import SINGLE_TENANT
 from oauth_token_operator.resource.provider_status import FIRST_SEEN, PROVIDER_FAILURES
 from oauth_token_operator.resource.spec import API_GROUP, API_VERSION
-from tests.unit.test_refresher import NS, Clock, FakeKube, FakeTokens, b64
+from tests.unit.fakes import NS, Clock, FakeKube, FakeTokens, b64
 from tests.unit.test_spec import body as client_body
 
 ISSUER = "https://sso.example/realms/apps"

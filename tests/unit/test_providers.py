@@ -28,7 +28,7 @@ from oauth_token_operator.oauth.types import (
 )
 from oauth_token_operator.resource.parse import parse
 from oauth_token_operator.resource.spec import ProviderCA, SpecError
-from tests.unit.test_refresher import FakeKube
+from tests.unit.fakes import FakeKube
 from tests.unit.test_spec import body
 
 ISSUER = "https://sso.example/realms/apps"

@@ -13,7 +13,7 @@ from oauth_token_operator.engine.rollout import annotation_key, token_hash
 from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.resource.policy import ALLOWED_CLIENTS_ANNOTATION, Tenancy
 from oauth_token_operator.resource.spec import ObjectKey
-from tests.unit.test_refresher import KEY, NAME, NS, World
+from tests.unit.fakes import KEY, NAME, NS, World
 
 WEB = (NS, "Deployment", "web")
 TARGETS = [{"kind": "Deployment", "name": "web"}]

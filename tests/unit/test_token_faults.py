@@ -32,7 +32,7 @@ from oauth_token_operator.oauth.types import (
 from oauth_token_operator.resource.policy import SINGLE_TENANT
 from oauth_token_operator.resource.spec import ObjectKey
 from tests.support.pki import TestCA
-from tests.unit.test_refresher import CREDS_SECRET, NS, FakeKube, b64, client_body
+from tests.unit.fakes import CREDS_SECRET, NS, FakeKube, b64, client_body
 
 
 @dataclass
