@@ -412,7 +412,7 @@ def operator_env() -> dict[str, str]:
 
 def warm_bytecode_cache() -> None:
     modules = "oauth_token_operator." + ", oauth_token_operator.".join(
-        ["cli", "handlers", "tokencmd", "login", "refresh", "metrics"]
+        ["cli.main", "app.handlers", "cli.token", "cli.login", "engine.refresh", "metrics"]
     )
     env = {k: v for k, v in {**os.environ, **operator_env()}.items() if v != ""}
     if BYTECODE_CACHE:
@@ -588,7 +588,10 @@ def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
         own[frames[-1]] += count
         for frame in set(frames):
             incl[frame] += count
-    pct = lambda c: round(100 * c / total, 1) if total else 0.0  # noqa: E731
+
+    def pct(count: int) -> float:
+        return round(100 * count / total, 1) if total else 0.0
+
     return {
         "samples": total,
         "self_pct": {f: pct(c) for f, c in own.most_common(top)},

@@ -22,6 +22,7 @@ import heapq
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -48,7 +49,9 @@ async def main(kubeconfig: str, namespace: str, endpoint: str, renew: int, conc:
     api = client.ApiClient(configuration)
     # As lean as the operator's client: no ~/.netrc and proxy lookup in a thread per call.
     api.rest_client.pool_manager._trust_env = False
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    # Any: plain dicts travel as bodies (as in kube/client.py), not the client's model classes.
+    core: Any = client.CoreV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
     names: list[str] = []
     token: str | None = None
     while True:
