@@ -337,7 +337,7 @@ def configure_kopf(settings: kopf.OperatorSettings, selector: str = "") -> None:
     # Only event handlers are registered: kopf keeps no per-object progress or diff-base
     # annotations and adds no finalizers, so it never writes to users' objects.
     # kopf's scanning stays on: it watches CRDs, so that the OAuthClient CRD may be installed
-    # after the operator, or deleted and installed again (cli.run_operator covers the race).
+    # after the operator, or deleted and installed again (app/process.py covers the race).
     settings.posting.level = logging.WARNING
     settings.persistence.diffbase_storage = NoDiffBase()
     if selector:

@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 from oauth_token_operator.app.logs import configure_logging
 from oauth_token_operator.app.peering import priority_for
@@ -315,9 +315,7 @@ def explain(exc: Exception) -> str | None:
 
 
 def run_operator(args: argparse.Namespace) -> int:
-    import kopf
-
-    from oauth_token_operator.app.handlers import registry_for
+    from oauth_token_operator.app.process import run
     from oauth_token_operator.metrics import serve_metrics
 
     namespaces = tuple(args.namespaces or _csv(_env("NAMESPACES")))
@@ -341,63 +339,12 @@ def run_operator(args: argparse.Namespace) -> int:
     )
     if args.metrics_port:
         serve_metrics(args.listen_address, args.metrics_port)
-    logging.getLogger(__name__).info(
-        "starting: namespaces=%s selector=%s tenancy=%s trusted_endpoints=%s allow_http=%s "
-        "allowed_hosts=%s concurrency=%d",
-        list(namespaces) or "all",
-        args.selector or "none",
-        args.tenancy,
-        args.trusted_endpoints or "none",
-        args.allow_http,
-        args.allowed_hosts or "any",
-        args.concurrency,
+    liveness = (
+        f"http://{_url_host(args.listen_address)}:{args.health_port}/healthz"
+        if args.health_port
+        else None
     )
-    if args.tenancy == Tenancy.SHARED and not args.trusted_endpoints:
-        logging.getLogger(__name__).warning(
-            "shared tenancy with no --trusted-endpoints: every OAuthClient with an inline "
-            "issuer or token endpoint is refused (EndpointNotTrusted); list the platform's "
-            "endpoints, or run with --tenancy single where every OAuthClient author is trusted"
-        )
-    while True:
-        # An asyncio.Event, not a threading one: kopf waits for a threading.Event in an
-        # executor thread that nothing wakes, and asyncio.run() then waits for it at exit.
-        start_over = asyncio.Event()
-        try:
-            kopf.run(
-                registry=registry_for(settings, start_over.set),
-                stop_flag=start_over,
-                clusterwide=not namespaces,
-                namespaces=namespaces,
-                standalone=peering is None,
-                peering_name=peering.name if peering else None,
-                # (kopf's Identity is a NewType of str that kopf does not export.)
-                identity=cast(Any, peer_identity),
-                priority=peering.priority if peering else 0,
-                liveness_endpoint=(
-                    f"http://{_url_host(args.listen_address)}:{args.health_port}/healthz"
-                    if args.health_port
-                    else None
-                ),
-            )
-            if not start_over.is_set():
-                return 0
-        except Exception as exc:
-            if not watched_api_gone(exc):
-                raise
-            # kopf has already run the cleanup (the drain): nothing is in flight.
-            logging.getLogger(__name__).warning(
-                "a watched API is no longer served (%s): the OAuthClient CRD was deleted? "
-                "starting over; clients are picked up when it is installed again",
-                exc,
-            )
-            time.sleep(1)
-
-
-def watched_api_gone(exc: BaseException) -> bool:
-    """kopf ends when a watch gets "404 page not found": its CRD observer usually stops the
-    watch first when a CRD is deleted, but the two race (kopf says so in observation.py).
-    kopf does not export its APINotFoundError; it carries the status."""
-    return getattr(exc, "status", None) == 404
+    return run(settings, peer_identity, liveness)
 
 
 if __name__ == "__main__":
