@@ -7,8 +7,8 @@ import pytest
 
 from oauth_token_operator.app.handlers import in_cluster_server
 from oauth_token_operator.cli.main import build_parser, explain
-from oauth_token_operator.kube.client import _json
 from oauth_token_operator.kube.errors import KubeError
+from oauth_token_operator.kube.transport import read_json
 
 
 def test_environment_sets_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +129,7 @@ async def test_a_missing_crd_is_told_apart_from_a_missing_object(
         return _Response(404, body)
 
     with pytest.raises(KubeError) as raised:
-        await _json(call())
+        await read_json(call())
     assert raised.value.kind_missing is kind_missing
     message = explain(raised.value)
     assert message is not None

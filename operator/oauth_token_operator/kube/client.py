@@ -4,88 +4,21 @@ async API client. Objects travel as plain dicts (as kopf hands them over), which
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from oauth_token_operator.kube.errors import UNREACHABLE, KubeError
+from oauth_token_operator.kube.errors import KubeError
 from oauth_token_operator.kube.ports import SERVICE_ACCOUNT_NAMESPACE
+from oauth_token_operator.kube.transport import read_body, read_json, read_or_none
 from oauth_token_operator.oauth.proxies import proxy_for
 from oauth_token_operator.resource.spec import API_GROUP, API_VERSION, KIND, PLURAL, ObjectKey
 from oauth_token_operator.wire import rfc3339
 
 log = logging.getLogger(__name__)
-
-
-# What the Kubernetes client raises when the API server is down, restarting or cut off
-# mid-answer: aiohttp's errors, timeouts and socket/TLS errors (ssl.SSLError is an OSError),
-# and the client's own ApiException. All become one KubeError, so every caller that handles
-# an API failure handles these too (a rotated refresh token in hand is kept, not dropped).
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ApiException)
-
-
-def unreachable(exc: BaseException) -> KubeError:
-    """The KubeError for a call that got no (whole) answer. The message names the error
-    type and aiohttp's text (host, port, errno), never a request or response body."""
-    if isinstance(exc, ApiException) and exc.status:
-        return KubeError(int(exc.status), str(exc.reason or "")[:300])
-    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
-    what = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    return KubeError(UNREACHABLE, f"the Kubernetes API did not answer ({what})")
-
-
-async def _body(call: Any) -> bytes:
-    """Awaits a client call made with _preload_content=False and returns its body, raising
-    KubeError for any non-2xx answer."""
-    try:
-        response = await call
-    except TRANSPORT_ERRORS as exc:
-        raise unreachable(exc) from None
-    try:
-        try:
-            body: bytes = await response.read()
-        except TRANSPORT_ERRORS as exc:
-            raise unreachable(exc) from None
-        _raise_for_status(response.status, response.reason or "", body)
-        return body
-    finally:
-        response.release()
-
-
-async def _json(call: Any) -> Any:
-    """As _body, parsed as JSON."""
-    body = await _body(call)
-    return json.loads(body) if body else None
-
-
-def _raise_for_status(status: int, reason: str, body: bytes) -> None:
-    if not 200 <= status < 300:
-        status_object = False
-        with contextlib.suppress(ValueError, AttributeError):
-            reason = json.loads(body).get("message", reason)
-            status_object = True
-        # An object that is not there comes with a Status; a path no API serves, with
-        # "404 page not found".
-        kind_missing = status == 404 and not status_object
-        raise KubeError(status, str(reason)[:300], kind_missing)
-
-
-async def _read_or_none(read: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    """A namespaced object through a client `read_namespaced_*` method; None if absent."""
-    try:
-        body: dict[str, Any] = await _json(read(name, namespace, _preload_content=False))
-    except KubeError as exc:
-        if exc.not_found:
-            return None
-        raise
-    return body
 
 
 # (group, version, plural) of the custom resources the operator reads and writes.
@@ -166,11 +99,11 @@ class Kube:
         await self._api.close()
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _read_or_none(self._core.read_namespaced_secret, namespace, name)
+        return await read_or_none(self._core.read_namespaced_secret, namespace, name)
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
         try:
-            body: dict[str, Any] = await _json(
+            body: dict[str, Any] = await read_json(
                 self._core.read_namespace(name, _preload_content=False)
             )
         except KubeError as exc:
@@ -180,10 +113,10 @@ class Kube:
         return dict((body.get("metadata") or {}).get("labels") or {})
 
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _read_or_none(self._core.read_namespaced_config_map, namespace, name)
+        return await read_or_none(self._core.read_namespaced_config_map, namespace, name)
 
     async def get_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _read_or_none(self._core.read_namespaced_service_account, namespace, name)
+        return await read_or_none(self._core.read_namespaced_service_account, namespace, name)
 
     async def create_service_account_token(
         self, namespace: str, name: str, audience: str, expiration_seconds: int
@@ -193,7 +126,7 @@ class Kube:
             "kind": "TokenRequest",
             "spec": {"audiences": [audience], "expirationSeconds": expiration_seconds},
         }
-        body = await _json(
+        body = await read_json(
             self._core.create_namespaced_service_account_token(
                 name, namespace, request, _preload_content=False
             )
@@ -206,12 +139,12 @@ class Kube:
             "kind": "TokenReview",
             "spec": {"token": token},  # no audiences: the apiserver's own
         }
-        body = await _json(self._authn.create_token_review(review, _preload_content=False))
+        body = await read_json(self._authn.create_token_review(review, _preload_content=False))
         return bool((body.get("status") or {}).get("authenticated"))
 
     async def service_account_issuer(self) -> str | None:
         try:
-            body = await _json(
+            body = await read_json(
                 self._well_known.get_service_account_issuer_open_id_configuration(
                     _preload_content=False
                 )
@@ -228,7 +161,7 @@ class Kube:
     async def get_pod_template_annotations(
         self, namespace: str, kind: str, name: str
     ) -> dict[str, str] | None:
-        body = await _read_or_none(self._workload_call("read", kind), namespace, name)
+        body = await read_or_none(self._workload_call("read", kind), namespace, name)
         if body is None:
             return None
         template = (body.get("spec") or {}).get("template") or {}
@@ -237,7 +170,7 @@ class Kube:
     async def get_workload_annotations(
         self, namespace: str, kind: str, name: str
     ) -> dict[str, str] | None:
-        body = await _read_or_none(self._workload_call("read", kind), namespace, name)
+        body = await read_or_none(self._workload_call("read", kind), namespace, name)
         return None if body is None else dict((body.get("metadata") or {}).get("annotations") or {})
 
     async def patch_pod_template_annotations(
@@ -246,7 +179,7 @@ class Kube:
         patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
         call = self._workload_call("patch", kind)
         try:
-            await _json(
+            await read_json(
                 call(
                     name,
                     namespace,
@@ -265,7 +198,7 @@ class Kube:
         self, group: str, version: str, plural: str, namespace: str | None, name: str
     ) -> dict[str, Any] | None:
         try:
-            body: dict[str, Any] = await _json(
+            body: dict[str, Any] = await read_json(
                 self._custom_object("get", (group, version, plural), namespace, name)
             )
         except KubeError as exc:
@@ -278,7 +211,7 @@ class Kube:
         self, verb: str, resource: Resource, namespace: str | None, *args: Any, **kwargs: Any
     ) -> Any:
         """CustomObjectsApi's <verb>_cluster_custom_object call (namespace None) or its
-        <verb>_namespaced_custom_object twin, answering raw JSON for _json()."""
+        <verb>_namespaced_custom_object twin, answering raw JSON for read_json()."""
         group, version, plural = resource
         if namespace is None:
             method = getattr(self._custom, f"{verb}_cluster_custom_object")
@@ -346,7 +279,7 @@ class Kube:
         if selector:
             more["label_selector"] = selector
         try:
-            page: dict[str, Any] = await _json(
+            page: dict[str, Any] = await read_json(
                 self._custom_object("list", resource, namespace, limit=limit, **more)
             )
         except KubeError as exc:
@@ -363,7 +296,9 @@ class Kube:
             kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
             body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
             try:
-                await _json(self._custom_object("create", _peerings(namespace), namespace, body))
+                await read_json(
+                    self._custom_object("create", _peerings(namespace), namespace, body)
+                )
                 log.info("created the kopf peering %s in %s", name, namespace or "the cluster")
             except KubeError as exc:
                 if exc.status == 403:  # an older Role: kopf waits for the object instead
@@ -378,7 +313,9 @@ class Kube:
         for namespace in namespaces or (None,):
             try:
                 bodies.append(
-                    await _json(self._custom_object("get", _peerings(namespace), namespace, name))
+                    await read_json(
+                        self._custom_object("get", _peerings(namespace), namespace, name)
+                    )
                 )
             except KubeError as exc:
                 if not exc.not_found:
@@ -386,7 +323,7 @@ class Kube:
         return bodies
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await _json(
+        created: dict[str, Any] = await read_json(
             self._core.create_namespaced_secret(namespace, body, _preload_content=False)
         )
         return created
@@ -394,7 +331,7 @@ class Kube:
     async def replace_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replaces with the body's resourceVersion as precondition (409 when stale)."""
         name = body["metadata"]["name"]
-        replaced: dict[str, Any] = await _json(
+        replaced: dict[str, Any] = await read_json(
             self._core.replace_namespaced_secret(name, namespace, body, _preload_content=False)
         )
         return replaced
@@ -407,7 +344,7 @@ class Kube:
         body = {"metadata": {"name": name, "namespace": namespace}, "data": data}
         options: dict[str, Any] = {"dry_run": "All"} if dry_run else {}
         try:
-            await _json(
+            await read_json(
                 self._core.create_namespaced_secret(
                     namespace, body, _preload_content=False, **options
                 )
@@ -415,7 +352,7 @@ class Kube:
         except KubeError as exc:
             if exc.status != 409:
                 raise
-            await _json(
+            await read_json(
                 self._core.patch_namespaced_secret(
                     name, namespace, {"data": data}, _preload_content=False, **options
                 )
@@ -423,7 +360,7 @@ class Kube:
 
     async def patch_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
         # The patched object comes back; nobody reads it, so it is not parsed.
-        await _body(
+        await read_body(
             self._custom.patch_namespaced_custom_object_status(
                 API_GROUP,
                 API_VERSION,
@@ -452,7 +389,7 @@ class Kube:
             call = self._custom.patch_namespaced_custom_object_status(
                 group, version, namespace, plural, name, body, **merge
             )
-        await _body(call)
+        await read_body(call)
 
     async def post_event(
         self, key: ObjectKey, uid: str, type_: str, reason: str, message: str
@@ -479,7 +416,7 @@ class Kube:
             "count": 1,
         }
         try:
-            await _json(
+            await read_json(
                 self._core.create_namespaced_event(key.namespace, body, _preload_content=False)
             )
         except KubeError as exc:

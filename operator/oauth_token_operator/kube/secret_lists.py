@@ -15,8 +15,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client
 
-from oauth_token_operator.kube.client import TRANSPORT_ERRORS, unreachable
-from oauth_token_operator.kube.client import _raise_for_status as raise_for_status
+from oauth_token_operator.kube.transport import TRANSPORT_ERRORS, raise_for_status, unreachable
 
 # The API server answers a metadata-only LIST as a PartialObjectMetadataList and a watch's
 # objects as PartialObjectMetadata: no data, so a 500 KB Helm release costs ~1 KB.
