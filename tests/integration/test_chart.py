@@ -19,6 +19,7 @@ import yaml
 
 from tests.helm import helm_binary, run_helm
 from tests.support.cached_build import BUILD_TIMEOUT
+from tests.support.cluster import eventually
 from tests.support.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUILD_TIMEOUT + 300)]
@@ -58,6 +59,33 @@ def install(cp: ControlPlane, name: str, namespace: str, *values: str) -> Iterat
         yield Release(name, namespace, f"{name}-oauth-token-operator")
     finally:
         helm(cp, "uninstall", name, "--namespace", namespace)
+        # The apiserver drops a deleted admission policy moments later: until then it would
+        # refuse the next modules' OAuthClients, whose endpoints no release trusts.
+        policy = f"{name}-oauth-token-operator-trusted-endpoints"
+        eventually(
+            lambda: not refused_by(cp, policy),
+            timeout=30,
+            interval=0.2,
+            what=f"the admission policy {policy} dropped",
+        )
+
+
+def refused_by(cp: ControlPlane, policy: str) -> bool:
+    """Whether admission policy `policy` refuses an OAuthClient with an endpoint nobody
+    trusts (a server-side dry run)."""
+    client = {
+        "apiVersion": "oauth-token-operator.dev/v1alpha1",
+        "kind": "OAuthClient",
+        "metadata": {"name": "policy-probe", "namespace": "default"},
+        "spec": {
+            "tokenEndpoint": "https://127.0.0.1:9/probe",
+            "credentialsSecretRef": {"name": "x"},
+        },
+    }
+    probe = cp.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=json.dumps(client), check=False
+    )
+    return probe.returncode != 0 and f"ValidatingAdmissionPolicy '{policy}'" in probe.stderr
 
 
 @pytest.fixture(scope="module")
