@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies the CRDs (OAuthClient, ClusterOAuthProvider, OAuthProvider) from crds/ (the single source of truth) into the Helm chart and
 # deploy/. Helm only installs CRDs from files inside the chart directory and does not follow
-# symlinks out of it, so these are byte-for-byte copies; tests/unit/test_manifests.py fails
+# symlinks out of it, so these are byte-for-byte copies; tests/integration/test_manifests.py fails
 # when one has drifted. Run this after editing crds/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

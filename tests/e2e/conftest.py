@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.helm import CHART, run_helm
+from tests.helm import run_helm
+from tests.paths import CHART
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane, _free_port
 from tests.support.idp import IdentityProvider

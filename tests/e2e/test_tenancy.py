@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import OPERATOR_NS, Release, helm
-from tests.helm import CHART
+from tests.paths import CHART
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 

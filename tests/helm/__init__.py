@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
+from tests.paths import CHART
 from tests.support.cached_build import run_build
 
 _BUILD_SCRIPT = Path(__file__).resolve().parent / "build.sh"
-CHART = Path(__file__).resolve().parents[2] / "charts" / "oauth-token-operator"
 
 
 @functools.cache
@@ -35,11 +35,13 @@ def render_chart(release: str, namespace: str, *values: str) -> list[dict[str, A
 
 
 def run_helm(
-    kubeconfig: Path, *args: str, check: bool = True, timeout: float = 300
+    kubeconfig: Path | None, *args: str, check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """helm ARGS against a test cluster; with check, a failure shows helm's output."""
+    """helm ARGS against a test cluster (kubeconfig None: no cluster, e.g. `helm template`);
+    with check, a failure shows helm's output."""
+    cluster = [f"--kubeconfig={kubeconfig}"] if kubeconfig is not None else []
     result = subprocess.run(
-        [str(helm_binary()), f"--kubeconfig={kubeconfig}", *args],
+        [str(helm_binary()), *cluster, *args],
         capture_output=True,
         text=True,
         check=False,

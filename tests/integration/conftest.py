@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import CRDS
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
 from tests.support.idp import IdentityProvider
@@ -37,10 +38,9 @@ def short_lived_idp(test_ca: TestCA) -> Iterator[IdentityProvider]:
         yield idp
 
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
-PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
-NAMESPACED_PROVIDER_CRD = REPO / "crds" / "oauthproviders.oauth-token-operator.dev.yaml"
+CRD = CRDS / "oauthclients.oauth-token-operator.dev.yaml"
+PROVIDER_CRD = CRDS / "clusteroauthproviders.oauth-token-operator.dev.yaml"
+NAMESPACED_PROVIDER_CRD = CRDS / "oauthproviders.oauth-token-operator.dev.yaml"
 
 
 @pytest.fixture(scope="session")

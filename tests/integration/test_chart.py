@@ -12,20 +12,18 @@ import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helm import helm_binary, run_helm
+from tests.paths import CHART
 from tests.support.cached_build import BUILD_TIMEOUT
 from tests.support.cluster import eventually
 from tests.support.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUILD_TIMEOUT + 300)]
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "oauth-token-operator"
 CRD_NAME = "oauthclients.oauth-token-operator.dev"
 OAUTHCLIENTS = "oauthclients.oauth-token-operator.dev"
 PROVIDERS = "clusteroauthproviders.oauth-token-operator.dev"

@@ -17,6 +17,7 @@ import yaml
 
 from tests.integration.test_operator import oauth_client
 from tests.integration.test_rbac import under_chart_rbac
+from tests.paths import EXAMPLES
 from tests.support.cli import cli
 from tests.support.cluster import Cluster, eventually
 from tests.support.controlplane import ControlPlane
@@ -231,7 +232,7 @@ def test_token_exchange_at_keycloak_follows_the_subject_token_in_its_secret(
     ],
 )
 def test_the_examples_pass_admission(cluster: Cluster, example: str) -> None:
-    path = Path(__file__).resolve().parents[2] / "examples" / example
+    path = EXAMPLES / example
     # The examples name their namespaces (team-a): put them in the test's own.
     text = path.read_text().replace("namespace: team-a", f"namespace: {cluster.namespace}")
     result = cluster.kubectl(

@@ -13,13 +13,14 @@ import pytest
 import yaml
 
 from tests.integration.test_operator import claims, oauth_client
+from tests.paths import EXAMPLES as PATHS_EXAMPLES
 from tests.support.cluster import Cluster, eventually
 from tests.support.idp import CC_BASIC, CC_BASIC_SECRET, IdentityProvider
 from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).parents[2] / "examples" / "templates"
+EXAMPLES = PATHS_EXAMPLES / "templates"
 
 DOCKER_CONFIG = (
     '{{ {"auths": {values.registry: {"username": values.username, "password": access_token,'

@@ -34,11 +34,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.paths import REPO
 from tests.support.cached_build import run_build
 from tests.support.pki import KeyPair, TestCA
 from tests.support.service import Service
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = REPO
 _BUILD_SCRIPT = _REPO / "tests" / "controlplane" / "build.sh"
 _STOP_TIMEOUT = 10.0
 _LOG_TAIL_LINES = 40

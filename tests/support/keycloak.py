@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 
+from tests.paths import REPO
 from tests.support.controlplane import _free_port
 from tests.support.pki import TestCA
 from tests.support.service import Service
 
-REPO = Path(__file__).resolve().parents[2]
 _READY_TIMEOUT = 120.0
 REALM = "apps"
 IDP_ALIAS = "cluster"

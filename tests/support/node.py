@@ -34,10 +34,11 @@ from typing import Any
 
 import yaml
 
+from tests.paths import REPO
 from tests.support.controlplane import ControlPlane, ControlPlaneError, _free_port
 from tests.support.service import Service
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = REPO
 _DEBIAN_PACKAGES = "containerd runc containernetworking-plugins buildah mmdebstrap busybox-static"
 _CNI_BIN = Path("/usr/lib/cni")
 NODE_NAME = "node-1"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE = REPO / "operator" / "oauth_token_operator"
+from tests.paths import PACKAGE, REPO
+
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from oauth_token_operator import reasons
-
-README = Path(__file__).resolve().parents[2] / "README.md"
+from tests.paths import README
 
 
 def test_every_reason_has_a_row_in_the_readme() -> None:

@@ -18,17 +18,16 @@ import pytest
 import yaml
 
 from oauth_token_operator.cli.main import build_parser
-from tests.helm import helm_binary
+from tests.helm import helm_binary, run_helm
+from tests.paths import CHART, CRDS, REPO
 from tests.support.cached_build import BUILD_TIMEOUT
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "oauth-token-operator"
-CRD = REPO / "crds" / "oauthclients.oauth-token-operator.dev.yaml"
-PROVIDER_CRD = REPO / "crds" / "clusteroauthproviders.oauth-token-operator.dev.yaml"
-NAMESPACED_PROVIDER_CRD = REPO / "crds" / "oauthproviders.oauth-token-operator.dev.yaml"
+CRD = CRDS / "oauthclients.oauth-token-operator.dev.yaml"
+PROVIDER_CRD = CRDS / "clusteroauthproviders.oauth-token-operator.dev.yaml"
+NAMESPACED_PROVIDER_CRD = CRDS / "oauthproviders.oauth-token-operator.dev.yaml"
 
 # The first test to need helm may compile it.
-pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(BUILD_TIMEOUT + 300)]
 
 Manifest = dict[str, Any]
 
@@ -38,10 +37,9 @@ def helm() -> Path:
     return helm_binary()
 
 
-def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(helm), *args], capture_output=True, text=True, check=False, timeout=120
-    )
+def helm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """helm without a cluster; the caller checks the answer."""
+    return run_helm(None, *args, check=False, timeout=120)
 
 
 def render(
@@ -56,7 +54,7 @@ def render(
         args += ["--values", str(values_file)]
     for value in values:
         args += ["--set", value]
-    result = run_helm(helm, *args)
+    result = helm_cli(*args)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -163,7 +161,7 @@ def test_helm_lint_strict(helm: Path, values: list[str]) -> None:
     args = ["lint", "--strict", str(CHART)]
     for value in values:
         args += ["--set", value]
-    result = run_helm(helm, *args)
+    result = helm_cli(*args)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -179,7 +177,7 @@ def test_helm_lint_strict(helm: Path, values: list[str]) -> None:
     ],
 )
 def test_schema_rejects_bad_values(helm: Path, value: str, path: str) -> None:
-    result = run_helm(helm, "template", "x", str(CHART), "--set", value)
+    result = helm_cli("template", "x", str(CHART), "--set", value)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert path in result.stderr
@@ -690,8 +688,8 @@ def test_a_shard_release_passes_its_selector_and_needs_its_own_peering(helm: Pat
         "spec"
     ]["containers"]
     assert "--selector=shard=a" in container["args"]
-    refused = run_helm(
-        helm, "template", "x", str(CHART), "--set", "shardSelector=shard=a", "--set", "replicas=2"
+    refused = helm_cli(
+        "template", "x", str(CHART), "--set", "shardSelector=shard=a", "--set", "replicas=2"
     )
     assert refused.returncode != 0
     assert "set peering.name to this shard's own name" in refused.stderr
@@ -761,7 +759,7 @@ def test_the_shared_tenancy_example_values_render(helm: Path) -> None:
 
 @pytest.mark.parametrize("value", ["tenancy=multi", "trustedEndpoints={not-a-url}"])
 def test_schema_rejects_bad_tenancy_values(helm: Path, value: str) -> None:
-    result = run_helm(helm, "template", "x", str(CHART), "--set", value)
+    result = helm_cli("template", "x", str(CHART), "--set", value)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
 
