@@ -42,6 +42,7 @@ from tests.unit.fakes import (
     World,
     b64,
     client_body,
+    unb64,
 )
 
 
@@ -247,6 +248,29 @@ async def test_an_edited_output_secret_is_restored_without_a_token_request() -> 
     )
     assert len(world.kube.writes) == writes
     assert world.refresher.clients[KEY].repair is None
+
+
+async def test_a_late_event_of_an_older_version_restores_nothing_old() -> None:
+    """A watch that restarted after an apiserver outage may deliver an event from before the
+    operator's last write, then the event of that write. Neither is drift: the older body
+    must not replace the one in memory, nor the older token the new one in the Secret."""
+    world = World()
+    await world.start()
+    before = copy.deepcopy(world.kube.secrets[NS, OUTPUT_SECRET])
+    world.clock.now += LIFETIME  # due: the next run writes a new token
+    await world.refresher._run(KEY)
+    new_token = world.kube.data(OUTPUT_SECRET)["access_token"]
+    assert new_token != unb64(before["data"]["access_token"])
+    writes = len(world.kube.writes)
+
+    world.refresher.secret_changed(NS, OUTPUT_SECRET, before)  # late, older version
+    world.refresher.secret_changed(
+        NS, OUTPUT_SECRET, copy.deepcopy(world.kube.secrets[NS, OUTPUT_SECRET])
+    )
+    assert world.refresher.clients[KEY].repair is None
+    await world.refresher._run(KEY)
+    assert world.kube.data(OUTPUT_SECRET)["access_token"] == new_token
+    assert len(world.kube.writes) == writes
 
 
 async def test_the_event_of_our_own_write_before_it_returns_is_no_drift() -> None:

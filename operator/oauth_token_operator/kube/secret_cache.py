@@ -139,13 +139,25 @@ class CachedSecrets:
         return (namespace, name) in self._writing
 
     def unchanged(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
-        """The watch shows the very version kept (a relist, or the event of our own write)."""
+        """The watch shows the version kept (a relist, the event of our own write) or an
+        older one: no news. An older one comes from a watch that restarted after an outage
+        and delivers an event from before our last write; taken as news, it would put the
+        older body in memory and make the next event of our own write look like drift, and
+        the "repair" would write the older token back. resourceVersions are compared as
+        numbers where both are (etcd revisions, as kube-apiserver serves them); otherwise
+        only the same version counts as no news."""
         kept = self._bodies.get((namespace, name))
         version = (body.get("metadata") or {}).get("resourceVersion")
-        return (
-            kept is not None
-            and version is not None
-            and ((kept.get("metadata") or {}).get("resourceVersion") == version)
+        if kept is None or version is None:
+            return False
+        held = (kept.get("metadata") or {}).get("resourceVersion")
+        if held == version:
+            return True
+        return bool(
+            isinstance(held, str)
+            and held.isdigit()
+            and version.isdigit()
+            and int(version) < int(held)
         )
 
     def _wanted(self, key: Key, body: dict[str, Any] | None) -> bool:
