@@ -5,6 +5,8 @@ import in a copy of the package, and keep the README's list of packages and modu
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import os
 import re
 import shutil
@@ -91,3 +93,25 @@ def test_no_module_is_much_over_four_hundred_lines() -> None:
         str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")
     }
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Layers forbid upward imports; this forbids cycles inside a layer too (module level,
+    lazy imports in functions included)."""
+    graph: dict[str, set[str]] = {}
+    modules = {
+        ".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py")
+    }
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module.removeprefix("oauth_token_operator").lstrip(".")
+                for alias in node.names:
+                    for candidate in (f"{base}.{alias.name}".lstrip("."), base):
+                        if candidate in modules:
+                            found.add(candidate)
+                            break
+        graph[name] = found - {name}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError
